@@ -1,0 +1,310 @@
+"""NumPy reference layers: each one a `xxx_forward(...) -> (out, cache)` and a
+`xxx_backward(dout, cache) -> gradients in the order of the forward's arguments` pair.
+
+This is the readable reference implementation of every non-attention layer of a GPT
+(attention lives in `attention.py`). Every function is dtype-generic: run it in float32 to
+train, in float64 to gradient-check it (`gradcheck.py`).
+
+Dimension legend: B batch, T time, C channels, V vocab, ... any leading dims.
+
+Does not: use Numba (see `kernels.py`), allocate parameters (see `model.py`), or choose a
+backend. Only floating-point arguments get gradients; integer ids, masks and flags do not.
+"""
+import numpy as np
+
+from .validation import check_array, check_ids, check_same_dtype
+
+# ----------------------------------------------------------------------------- linear
+
+
+def linear_forward(x, w, b=None):
+    """x: (..., C_in), w: (C_in, C_out), b: (C_out,) or None -> out: (..., C_out), cache
+
+    cache = (x, w, has_bias)
+    """
+    check_same_dtype(x=x, w=w, b=b)
+    check_array("w", w, ndim=2)
+    check_array("x", x, min_ndim=1, shape=x.shape[:-1] + (w.shape[0],))
+    if b is not None:
+        check_array("b", b, shape=(w.shape[1],))
+    out = x @ w
+    if b is not None:
+        out = out + b
+    return out, (x, w, b is not None)
+
+
+def linear_backward(dout, cache):
+    """dout: (..., C_out) -> dx: (..., C_in), dw: (C_in, C_out), db: (C_out,) or None"""
+    x, w, has_bias = cache
+    # forward was: out = x @ w + b   ->  dx = dout @ w^T, dw = x^T @ dout, db = sum(dout)
+    dx = dout @ w.T
+    x2 = x.reshape(-1, x.shape[-1])  # (N, C_in), N = product of leading dims
+    d2 = dout.reshape(-1, dout.shape[-1])  # (N, C_out)
+    dw = x2.T @ d2
+    db = d2.sum(axis=0) if has_bias else None
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+def embedding_forward(ids, table):
+    """ids: (...) int in [0, V), table: (V, C) -> out: (..., C), cache = (ids, V)"""
+    check_array("table", table, ndim=2, floating=True)
+    check_ids("ids", ids, table.shape[0])
+    return table[ids], (ids, table.shape[0])
+
+
+def embedding_backward(dout, cache):
+    """dout: (..., C) -> dtable: (V, C)
+
+    A token id that appears several times receives the sum of its rows' gradients, so the
+    scatter must *accumulate*: `np.add.at`, not `dtable[ids] += dout` (which keeps only one).
+    """
+    ids, V = cache
+    dtable = np.zeros((V, dout.shape[-1]), dtype=dout.dtype)
+    np.add.at(dtable, ids.reshape(-1), dout.reshape(-1, dout.shape[-1]))
+    return dtable
+
+
+def sinusoidal_table(n_pos, C, dtype=np.float32):
+    """The fixed positional encoding of "Attention Is All You Need" (section 3.5): (n_pos, C)
+
+    PE[pos, 2i]   = sin(pos / 10000^(2i / C))
+    PE[pos, 2i+1] = cos(pos / 10000^(2i / C))
+    Each pair of channels is a rotation at its own frequency, so PE[pos + k] is a linear
+    function of PE[pos]: relative offsets are easy for attention to read.
+    """
+    if n_pos < 1 or C < 1:
+        raise ValueError(f"n_pos, C: expected positive sizes, got n_pos={n_pos}, C={C}")
+    pos = np.arange(n_pos, dtype=np.float64)[:, None]  # (n_pos, 1)
+    two_i = np.arange(0, C, 2, dtype=np.float64)[None, :]  # (1, ceil(C/2))
+    angle = pos / np.power(10000.0, two_i / C)  # (n_pos, ceil(C/2))
+    pe = np.zeros((n_pos, C), dtype=np.float64)
+    pe[:, 0::2] = np.sin(angle)
+    pe[:, 1::2] = np.cos(angle[:, : C // 2])
+    return pe.astype(dtype)
+
+
+def positional_forward(x, table, offset=0):
+    """x: (B, T, C), table: (n_pos, C) -> out = x + table[offset:offset+T]: (B, T, C), cache
+
+    One function for both kinds of positional encoding: pass a learned table (a parameter,
+    whose gradient you use) or `sinusoidal_table(...)` (fixed, whose gradient you ignore).
+    `offset` is the position of x[:, 0] (non-zero when decoding with a KV cache).
+    cache = (n_pos, offset, T)
+    """
+    check_same_dtype(x=x, table=table)
+    check_array("x", x, ndim=3)
+    check_array("table", table, shape=(None, x.shape[2]))
+    T = x.shape[1]
+    if offset < 0 or offset + T > table.shape[0]:
+        raise ValueError(
+            f"x: expected at most {table.shape[0]} positions (the block size), "
+            f"got positions {offset}..{offset + T - 1}"
+        )
+    return x + table[offset : offset + T], (table.shape[0], offset, T)
+
+
+def positional_backward(dout, cache):
+    """dout: (B, T, C) -> dx: (B, T, C), dtable: (n_pos, C)"""
+    n_pos, offset, T = cache
+    # forward was: out = x + table[offset:offset+T]  (broadcast over B)  ->  sum over B
+    dtable = np.zeros((n_pos, dout.shape[2]), dtype=dout.dtype)
+    dtable[offset : offset + T] = dout.sum(axis=0)
+    return dout, dtable
+
+
+# ----------------------------------------------------------------------------- softmax
+
+
+def softmax_forward(x):
+    """x: (..., N) -> out: (..., N) with rows summing to 1, cache = (out,)
+
+    Stable: subtracting the row max changes nothing mathematically (it cancels between
+    numerator and denominator) but keeps exp() from overflowing for large logits.
+    """
+    check_array("x", x, min_ndim=1, floating=True)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    out = e / e.sum(axis=-1, keepdims=True)
+    return out, (out,)
+
+
+def softmax_backward(dout, cache):
+    """dout: (..., N) -> dx: (..., N)
+
+    The Jacobian is J = diag(p) - p p^T, so the Jacobian-vector product is
+    dx = p * (dout - sum(dout * p)) — never build the N x N matrix.
+    """
+    (p,) = cache
+    return p * (dout - (dout * p).sum(axis=-1, keepdims=True))
+
+
+# ----------------------------------------------------------------------------- layer norm
+
+
+def layernorm_forward(x, w, b, eps=1e-5):
+    """x: (..., C), w: (C,), b: (C,) -> out: (..., C), cache = (xhat, w, rstd)
+
+    out = (x - mean) / sqrt(var + eps) * w + b, statistics over the last axis, biased var.
+    eps is inside the sqrt, so a constant row (var = 0) gives xhat = 0, not NaN.
+    """
+    check_same_dtype(x=x, w=w, b=b)
+    check_array("x", x, min_ndim=1)
+    C = x.shape[-1]
+    check_array("w", w, shape=(C,))
+    check_array("b", b, shape=(C,))
+    mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
+    xc = x - mean
+    var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1)
+    rstd = 1.0 / np.sqrt(var + eps)
+    xhat = xc * rstd
+    out = xhat * w + b
+    return out, (xhat, w, rstd)
+
+
+def layernorm_backward(dout, cache):
+    """dout: (..., C) -> dx: (..., C), dw: (C,), db: (C,)"""
+    xhat, w, rstd = cache
+    lead = tuple(range(dout.ndim - 1))
+    # forward was: out = xhat * w + b  ->  dw = sum(dout * xhat), db = sum(dout), dxhat = dout * w
+    dw = (dout * xhat).sum(axis=lead)
+    db = dout.sum(axis=lead)
+    dxhat = dout * w
+    # forward was: xhat = (x - mean) * rstd, with mean and rstd functions of x. Differentiating
+    # through both gives the classic three-term form (llm.c doc/layernorm):
+    #   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    dx = rstd * (
+        dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
+    )
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------- GELU and MLP
+
+_GELU_K = np.sqrt(2.0 / np.pi)
+
+
+def gelu_forward(x):
+    """x: (...) -> out: (...), cache = (x,)
+
+    The tanh approximation GPT-2 uses: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+    """
+    check_array("x", x, floating=True)
+    u = _GELU_K * (x + 0.044715 * x**3)
+    return 0.5 * x * (1.0 + np.tanh(u)), (x,)
+
+
+def gelu_backward(dout, cache):
+    """dout: (...) -> dx: (...)"""
+    (x,) = cache
+    u = _GELU_K * (x + 0.044715 * x**3)
+    t = np.tanh(u)
+    # forward was: out = 0.5 x (1 + t), t = tanh(u(x))
+    #   dout/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) u'(x),  u'(x) = k (1 + 3 * 0.044715 x^2)
+    du = _GELU_K * (1.0 + 3 * 0.044715 * x * x)
+    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+
+
+def mlp_forward(x, w_fc, b_fc, w_proj, b_proj):
+    """The position-wise feed-forward block, C -> 4C -> C with GELU in between.
+
+    x: (..., C), w_fc: (C, H), b_fc: (H,), w_proj: (H, C), b_proj: (C,) -> out: (..., C)
+    (H = 4C in GPT-2; any H works.)  cache = (fc_cache, gelu_cache, proj_cache)
+    """
+    h, fc_cache = linear_forward(x, w_fc, b_fc)  # (..., H)
+    a, gelu_cache = gelu_forward(h)
+    out, proj_cache = linear_forward(a, w_proj, b_proj)  # (..., C)
+    return out, (fc_cache, gelu_cache, proj_cache)
+
+
+def mlp_backward(dout, cache):
+    """dout: (..., C) -> dx, dw_fc, db_fc, dw_proj, db_proj"""
+    fc_cache, gelu_cache, proj_cache = cache
+    da, dw_proj, db_proj = linear_backward(dout, proj_cache)
+    dh = gelu_backward(da, gelu_cache)
+    dx, dw_fc, db_fc = linear_backward(dh, fc_cache)
+    return dx, dw_fc, db_fc, dw_proj, db_proj
+
+
+# ----------------------------------------------------------------------------- residual, dropout
+
+
+def residual_forward(x, fx):
+    """x: (...), fx: (...) same shape -> out = x + fx, cache = None
+
+    The gradient highway: the backward copies dout to both branches unchanged, which is why
+    deep residual stacks train at all.
+    """
+    check_same_dtype(x=x, fx=fx)
+    check_array("fx", fx, shape=x.shape)
+    return x + fx, None
+
+
+def residual_backward(dout, cache):
+    """dout -> dx, dfx (both equal to dout)"""
+    return dout, dout
+
+
+def dropout_forward(x, p, rng=None, train=True):
+    """x: (...) -> out: (...), cache = (mask or None,)
+
+    Inverted dropout: in training each element is kept with probability 1 - p and scaled by
+    1 / (1 - p), so the expected value is unchanged and evaluation is the identity.
+    The mask is drawn from `rng` (a np.random.Generator) so runs are reproducible.
+    """
+    check_array("x", x, floating=True)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p: expected a dropout probability in [0, 1), got {p}")
+    if not train or p == 0.0:
+        return x, (None,)
+    if rng is None:
+        raise ValueError("rng: expected a numpy Generator when train=True and p > 0, got None")
+    mask = (rng.random(x.shape) >= p).astype(x.dtype) / x.dtype.type(1.0 - p)
+    return x * mask, (mask,)
+
+
+def dropout_backward(dout, cache):
+    """dout: (...) -> dx: (...)"""
+    (mask,) = cache
+    return dout if mask is None else dout * mask
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def cross_entropy_forward(logits, targets, ignore_index=-100):
+    """Fused softmax + negative log-likelihood, averaged over the targets that are not ignored.
+
+    logits: (..., V) float, targets: (...) int in [0, V) or == ignore_index
+    -> loss: scalar (0-d array of logits.dtype), cache = (probs, targets, valid, n_valid)
+
+    loss_i = logsumexp(logits_i) - logits_i[target_i], computed after subtracting the row max,
+    so logits of +-1e4 stay finite. If every target is ignored the loss is 0 (not NaN).
+    """
+    check_array("logits", logits, min_ndim=1, floating=True)
+    check_array("targets", targets, shape=logits.shape[:-1])
+    V = logits.shape[-1]
+    check_ids("targets", targets, V, allow=ignore_index)
+    z = logits - logits.max(axis=-1, keepdims=True)  # (..., V), max is 0
+    lse = np.log(np.exp(z).sum(axis=-1))  # (...)
+    valid = targets != ignore_index  # (...)
+    safe_t = np.where(valid, targets, 0)
+    z_t = np.take_along_axis(z, safe_t[..., None], axis=-1)[..., 0]  # (...)
+    n_valid = int(valid.sum())
+    loss = np.where(valid, lse - z_t, 0.0).sum() / max(n_valid, 1)
+    probs = np.exp(z - lse[..., None])
+    return np.asarray(loss, dtype=logits.dtype), (probs, safe_t, valid, n_valid)
+
+
+def cross_entropy_backward(dout, cache):
+    """dout: scalar -> dlogits: (..., V)
+
+    d loss_i / d logits_i = softmax(logits_i) - onehot(target_i): the softmax Jacobian and
+    the log's 1/p cancel, which is why the loss and softmax are fused.
+    """
+    probs, safe_t, valid, n_valid = cache
+    dlogits = probs.copy()
+    np.put_along_axis(dlogits, safe_t[..., None], np.take_along_axis(probs, safe_t[..., None], -1) - 1, -1)
+    dlogits *= (valid[..., None] * (np.asarray(dout) / max(n_valid, 1))).astype(probs.dtype)
+    return dlogits

@@ -1,0 +1,51 @@
+"""Argument checks shared by every public function.
+
+Every check raises one `ValueError` that names the argument, says what was expected and what was
+got, e.g. ``ValueError("w: expected shape (8, 24), got (8, 12)")``. Kernels never validate; their
+public wrappers and the NumPy layers call these helpers first.
+
+Does not: coerce or copy anything. A check either passes silently or raises.
+"""
+import numpy as np
+
+
+def check_array(name, x, ndim=None, min_ndim=None, shape=None, floating=False):
+    """Check that `x` is an ndarray with the given rank / shape (None in `shape` = any size)."""
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy array, got {type(x).__name__}")
+    if floating and not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{name}: expected a floating-point array, got dtype {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {x.shape}")
+    if min_ndim is not None and x.ndim < min_ndim:
+        raise ValueError(f"{name}: expected at least {min_ndim} dimensions, got shape {x.shape}")
+    if shape is not None:
+        if x.ndim != len(shape) or any(e is not None and e != s for e, s in zip(shape, x.shape)):
+            want = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"
+            raise ValueError(f"{name}: expected shape {want}, got {x.shape}")
+
+
+def check_same_dtype(**arrays):
+    """All non-None arrays share one floating dtype (mixing float32 and float64 is a bug, not a cast)."""
+    items = [(k, v) for k, v in arrays.items() if v is not None]
+    for k, v in items:
+        check_array(k, v, floating=True)
+    first_name, first = items[0]
+    for k, v in items[1:]:
+        if v.dtype != first.dtype:
+            raise ValueError(f"{k}: expected dtype {first.dtype} (the dtype of {first_name}), got {v.dtype}")
+
+
+def check_ids(name, ids, upper, allow=None):
+    """Integer array with every value in [0, upper) (values equal to `allow` are also accepted)."""
+    if not isinstance(ids, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy integer array, got {type(ids).__name__}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"{name}: expected an integer array, got dtype {ids.dtype}")
+    if ids.size == 0:
+        return
+    vals = ids if allow is None else ids[ids != allow]
+    if vals.size and (vals.min() < 0 or vals.max() >= upper):
+        bad = vals[(vals < 0) | (vals >= upper)][0]
+        extra = f" or {allow}" if allow is not None else ""
+        raise ValueError(f"{name}: expected ids in [0, {upper}){extra}, got {int(bad)}")

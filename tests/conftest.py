@@ -1,0 +1,28 @@
+"""Shared fixtures: a seeded RNG, tiny dimensions, and the path to ../shared/data when present."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# B batch, T time, C channels, NH heads (STYLE.md: tiny dims for gradient checks)
+TINY = dict(B=2, T=5, C=8, NH=2)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def dims():
+    return dict(TINY)
+
+
+@pytest.fixture
+def shakespeare_path():
+    p = SHARED_DATA / "tinyshakespeare.txt"
+    if not p.exists():
+        pytest.skip("../shared/data/tinyshakespeare.txt not present")
+    return p

@@ -20,7 +20,8 @@ gradient is ~0 carry ~1e-10 of finite-difference noise and would otherwise domin
 
 Inputs are copied to float64 first: in float32 the difference quotient is mostly rounding noise.
 The backward must return one gradient per floating-point array argument, in argument order
-(a single gradient may be returned bare); integer ids, bool masks and scalars get none.
+(a single gradient may be returned bare); an optional array passed as None (a missing bias)
+gets a None gradient; integer ids, bool masks and scalars get none.
 
 Does not: check gradients of outputs with respect to integer inputs, or sample coordinates of
 huge tensors unless asked (`max_coords`).
@@ -126,10 +127,11 @@ def gradcheck(forward, backward, *args, h=1e-5, tol=1e-6, seed=0, max_coords=Non
     grads = backward(dout, cache)
     if not isinstance(grads, tuple):
         grads = (grads,)
-    float_idx = [i for i, a in enumerate(args) if _is_float_array(a)]
-    if len(grads) != len(float_idx):
+    # one gradient slot per floating-point array argument, and per optional argument passed as None
+    slots = [i for i, a in enumerate(args) if _is_float_array(a) or a is None]
+    if len(grads) != len(slots):
         raise ValueError(
-            f"backward: expected {len(float_idx)} gradients (one per floating-point argument), got {len(grads)}"
+            f"backward: expected {len(slots)} gradients (one per floating-point argument), got {len(grads)}"
         )
     names = _arg_names(forward, len(args))
 
@@ -138,8 +140,10 @@ def gradcheck(forward, backward, *args, h=1e-5, tol=1e-6, seed=0, max_coords=Non
         return float(np.sum(np.asarray(o) * dout))
 
     result = GradcheckResult(tol=tol)
-    for i, g in zip(float_idx, grads):
+    for i, g in zip(slots, grads):
         x = args[i]
+        if x is None:
+            continue
         ana = np.zeros(x.shape) if g is None else np.asarray(g, np.float64)
         if ana.shape != x.shape:
             raise ValueError(f"backward: gradient of {names[i]} expected shape {x.shape}, got {ana.shape}")

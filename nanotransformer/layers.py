@@ -10,6 +10,8 @@ Dimension legend: B batch, T time, C channels, V vocab, ... any leading dims.
 Does not: use Numba (see `kernels.py`), allocate parameters (see `model.py`), or choose a
 backend. Only floating-point arguments get gradients; integer ids, masks and flags do not.
 """
+import math
+
 import numpy as np
 
 from .validation import check_array, check_ids, check_same_dtype
@@ -182,7 +184,7 @@ def layernorm_backward(dout, cache):
 
 # ----------------------------------------------------------------------------- GELU and MLP
 
-_GELU_K = np.sqrt(2.0 / np.pi)
+_GELU_K = math.sqrt(2.0 / math.pi)  # a Python float: NumPy 2 would promote float32 arrays to a np.float64
 
 
 def gelu_forward(x):

@@ -21,7 +21,8 @@ def check_array(name, x, ndim=None, min_ndim=None, shape=None, floating=False):
         raise ValueError(f"{name}: expected at least {min_ndim} dimensions, got shape {x.shape}")
     if shape is not None:
         if x.ndim != len(shape) or any(e is not None and e != s for e, s in zip(shape, x.shape)):
-            want = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"
+            dims = ["*" if e is None else str(e) for e in shape]
+            want = "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
             raise ValueError(f"{name}: expected shape {want}, got {x.shape}")
 
 

@@ -193,14 +193,14 @@ def gelu_forward(x):
     The tanh approximation GPT-2 uses: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
     """
     check_array("x", x, floating=True)
-    u = _GELU_K * (x + 0.044715 * x**3)
+    u = _GELU_K * (x + 0.044715 * (x * x * x))  # x*x*x: float32 x**3 calls powf, ~100x slower
     return 0.5 * x * (1.0 + np.tanh(u)), (x,)
 
 
 def gelu_backward(dout, cache):
     """dout: (...) -> dx: (...)"""
     (x,) = cache
-    u = _GELU_K * (x + 0.044715 * x**3)
+    u = _GELU_K * (x + 0.044715 * (x * x * x))  # x*x*x: float32 x**3 calls powf, ~100x slower
     t = np.tanh(u)
     # forward was: out = 0.5 x (1 + t), t = tanh(u(x))
     #   dout/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) u'(x),  u'(x) = k (1 + 3 * 0.044715 x^2)

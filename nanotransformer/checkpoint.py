@@ -1,0 +1,285 @@
+"""Checkpoints: a directory holding the weights (+ optimiser moments) in safetensors and a JSON
+sidecar with everything else needed to resume bit for bit.
+
+    out/
+      checkpoint.json                  config, tokenizer, step, optimiser state, RNG state, history
+      model-0000400-3fa2c1.safetensors params by GPT-2 name ("h.0.attn.c_attn.w", ...) and the
+                                       AdamW moments ("optim.m.<name>", "optim.v.<name>")
+
+    save_checkpoint("out", model, tokenizer=tok, step=400, optimizer=opt, rng=rng, meta={...})
+    ckpt = load_checkpoint("out")       # -> Checkpoint(model, tokenizer, step, optimizer, rng_state, meta)
+
+Crash safety: the JSON is the commit record. A save writes a *new* weights file (its name
+carries the step and a random tag) to a temporary name, fsyncs and renames it, then writes the
+JSON the same way; only after the JSON has been replaced are older weights files deleted. A
+crash at any point leaves either the old pair or the new pair, never a mix, and a failed run
+never overwrites the checkpoint it started from. The weights file records its step and tag in
+its safetensors metadata, and loading checks they match the JSON.
+
+Loading validates everything and raises one `ValueError` naming the file and what is wrong:
+missing files, JSON that does not parse, a truncated or corrupted safetensors file, a missing
+tensor, a tensor whose shape does not match the config, non-finite weights.
+
+Safetensors, never pickle: loading a checkpoint cannot run code.
+
+Dimension legend: tensors keep their model shapes, e.g. wte (V, C), h.{i}.attn.c_attn.w (C, 3C);
+N is the length of the flat parameter buffer that `model.views` slices them from.
+
+Does not: keep several checkpoints (only the latest), or save the data set itself (only its
+source name, so `--resume` can find it again).
+"""
+import base64
+import json
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .model import GPT, GPTConfig
+
+FORMAT = "nanotransformer-checkpoint"
+VERSION = 1
+SIDECAR = "checkpoint.json"
+
+
+@dataclass
+class Checkpoint:
+    """What `load_checkpoint` returns. optimizer: {"t", "m", "v", "hparams"} with m, v flat arrays
+    in the model's buffer layout, or None; rng_state: a np.random bit-generator state dict or None."""
+
+    model: GPT
+    tokenizer: object = None
+    step: int = 0
+    optimizer: dict = None
+    rng_state: dict = None
+    meta: dict = field(default_factory=dict)
+    path: Path = None
+
+    def make_rng(self):
+        """A np.random.Generator restored to the saved state (a fresh PCG64 if none was saved)."""
+        rng = np.random.default_rng()
+        if self.rng_state is not None:
+            rng.bit_generator.state = self.rng_state
+        return rng
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tokenizer_to_json(tokenizer):
+    """Embed a tokenizer's own saved file in the sidecar (text if it is UTF-8, else base64)."""
+    if tokenizer is None:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "tokenizer"
+        tokenizer.save(p)
+        raw = p.read_bytes()
+    try:
+        return {"encoding": "utf-8", "data": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"encoding": "base64", "data": base64.b64encode(raw).decode("ascii")}
+
+
+def _tokenizer_from_json(obj, where):
+    if obj is None:
+        return None
+    from .tokenizer import load_tokenizer
+
+    try:
+        raw = obj["data"].encode("utf-8") if obj["encoding"] == "utf-8" else base64.b64decode(obj["data"])
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "tokenizer"
+            p.write_bytes(raw)
+            return load_tokenizer(p)
+    except (KeyError, TypeError, ValueError, UnicodeError) as e:
+        raise ValueError(f"{where}: the embedded tokenizer cannot be loaded ({e})") from None
+
+
+# ----------------------------------------------------------------------------- save
+
+
+def save_checkpoint(path, model, *, tokenizer=None, step=0, optimizer=None, rng=None, meta=None):
+    """Write model (+ optimiser moments, tokenizer, RNG state, meta) to directory `path`, atomically.
+
+    optimizer: an object with flat arrays `m`, `v`, step count `t` and `hparams()` (train.AdamWFlat),
+    or None. rng: the np.random.Generator whose state must be restored to resume exactly.
+    meta: any JSON-able dict (train config, history, data source). Returns the sidecar's path.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    from safetensors.numpy import save_file
+
+    tag = secrets.token_hex(3)
+    weights_name = f"model-{int(step):07d}-{tag}.safetensors"
+    tensors = {name: np.ascontiguousarray(view) for name, view in model.p.items()}
+    opt_json = None
+    if optimizer is not None:
+        for prefix, flat in (("optim.m.", optimizer.m), ("optim.v.", optimizer.v)):
+            for name, view in model.views(flat).items():
+                tensors[prefix + name] = np.ascontiguousarray(view)
+        opt_json = {"t": int(optimizer.t), "hparams": optimizer.hparams()}
+    sidecar = {
+        "format": FORMAT,
+        "version": VERSION,
+        "weights": weights_name,
+        "tag": tag,
+        "step": int(step),
+        "dtype": str(model.dtype),
+        "config": model.config.to_dict(),
+        "tokenizer": _tokenizer_to_json(tokenizer),
+        "optimizer": opt_json,
+        "rng_state": None if rng is None else rng.bit_generator.state,
+        "meta": meta or {},
+    }
+    text = json.dumps(sidecar, indent=1)  # fail (e.g. on a non-JSON-able meta) before touching disk
+
+    tmp_w = path / f".{weights_name}.tmp"
+    tmp_j = path / f".{SIDECAR}.{tag}.tmp"
+    try:
+        save_file(tensors, str(tmp_w), metadata={"format": FORMAT, "step": str(int(step)), "tag": tag})
+        with open(tmp_w, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_w, path / weights_name)
+        with open(tmp_j, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_j, path / SIDECAR)  # the commit point
+        _fsync_dir(path)
+    except BaseException:
+        for p in (tmp_w, tmp_j):
+            if p.exists():
+                p.unlink()
+        # the new weights file is garbage unless the sidecar now points to it
+        if (path / weights_name).exists() and _current_weights(path) != weights_name:
+            (path / weights_name).unlink()
+        raise
+    for old in path.glob("model-*.safetensors"):  # weights no sidecar refers to any more
+        if old.name != weights_name:
+            old.unlink()
+    return path / SIDECAR
+
+
+def _current_weights(path):
+    try:
+        return json.loads((Path(path) / SIDECAR).read_text(encoding="utf-8")).get("weights")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def has_checkpoint(path):
+    """True if directory `path` holds a checkpoint sidecar."""
+    return (Path(path) / SIDECAR).is_file()
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def read_sidecar(path):
+    """The validated JSON sidecar of checkpoint directory `path` (a dict)."""
+    path = Path(path)
+    if path.is_file() and path.name == SIDECAR:
+        path = path.parent
+    if not path.exists():
+        raise ValueError(f"{path}: no such checkpoint directory")
+    if not path.is_dir():
+        raise ValueError(f"{path}: expected a checkpoint directory (holding {SIDECAR}), got a file")
+    sc = path / SIDECAR
+    if not sc.is_file():
+        raise ValueError(f"{path}: not a checkpoint directory (no {SIDECAR} in it)")
+    try:
+        obj = json.loads(sc.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{sc}: corrupted (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{sc}: corrupted or truncated JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise ValueError(f"{sc}: not a nanotransformer checkpoint (expected \"format\": \"{FORMAT}\")")
+    if obj.get("version") != VERSION:
+        raise ValueError(f"{sc}: expected checkpoint version {VERSION}, got {obj.get('version')!r}")
+    for key in ("weights", "tag", "step", "dtype", "config"):
+        if key not in obj:
+            raise ValueError(f"{sc}: missing the {key!r} entry")
+    obj["_dir"] = str(path)
+    return obj
+
+
+def load_checkpoint(path, *, dtype=None, backend=None):
+    """Load a checkpoint directory -> `Checkpoint`. dtype: the model's dtype (default: as saved);
+    backend: override the saved config's backend (e.g. "numpy")."""
+    sc = read_sidecar(path)
+    path = Path(sc["_dir"])
+    where = path / SIDECAR
+    cfg_dict = dict(sc["config"])
+    if backend is not None:
+        cfg_dict["backend"] = backend
+    try:
+        config = GPTConfig.from_dict(cfg_dict)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: invalid config ({e})") from None
+    model = GPT(config, dtype=dtype or sc["dtype"])
+
+    wfile = path / sc["weights"]
+    if not wfile.is_file():
+        raise ValueError(f"{wfile}: missing (the weights file {SIDECAR} refers to)")
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(wfile))
+        with safe_open(str(wfile), framework="numpy") as f:
+            file_meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for bad headers / short files
+        raise ValueError(f"{wfile}: not a readable safetensors file, truncated or corrupted ({e})") from None
+    if file_meta.get("tag") != sc["tag"] or file_meta.get("step") != str(sc["step"]):
+        raise ValueError(
+            f"{wfile}: belongs to step {file_meta.get('step')} (tag {file_meta.get('tag')}), but {SIDECAR} "
+            f"says step {sc['step']} (tag {sc['tag']}); the pair is mixed up"
+        )
+    src = f"{wfile} (config in {SIDECAR})"
+    model.load_state_dict(tensors, source=src)
+    for name in model.p:
+        if not np.all(np.isfinite(tensors[name])):
+            raise ValueError(f"{wfile}: tensor {name!r} contains NaN or inf values")
+
+    optimizer = None
+    if sc.get("optimizer") is not None:
+        m, v = np.zeros_like(model.params), np.zeros_like(model.params)
+        for prefix, flat in (("optim.m.", m), ("optim.v.", v)):
+            views = model.views(flat)
+            model_like = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
+            for name, shape in model.specs:
+                if name not in model_like:
+                    raise ValueError(f"{src}: missing tensor {prefix + name!r} (shape {shape})")
+                if tuple(model_like[name].shape) != shape:
+                    raise ValueError(
+                        f"{src}: tensor {prefix + name!r} expected shape {shape}, got {tuple(model_like[name].shape)}"
+                    )
+                views[name][...] = model_like[name]
+        optimizer = {"t": int(sc["optimizer"]["t"]), "m": m, "v": v, "hparams": sc["optimizer"].get("hparams", {})}
+
+    return Checkpoint(
+        model=model,
+        tokenizer=_tokenizer_from_json(sc.get("tokenizer"), where),
+        step=int(sc["step"]),
+        optimizer=optimizer,
+        rng_state=sc.get("rng_state"),
+        meta=sc.get("meta", {}),
+        path=path,
+    )

@@ -1,0 +1,181 @@
+"""Checkpoints: round trip, atomic replacement, and one clear error per kind of damage."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nanotransformer import checkpoint as ck
+from nanotransformer.checkpoint import load_checkpoint, save_checkpoint
+from nanotransformer.model import GPT, GPTConfig
+from nanotransformer.tokenizer import BPETokenizer, CharTokenizer
+from nanotransformer.train import AdamWFlat
+
+CFG = dict(vocab_size=12, block_size=8, n_layer=2, n_head=2, d_model=8)
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend(monkeypatch):
+    monkeypatch.setenv("NANOTRANSFORMER_BACKEND", "numpy")
+
+
+@pytest.fixture
+def saved(tmp_path, rng):
+    """A checkpoint directory with model, optimiser moments, tokenizer and RNG state."""
+    tok = CharTokenizer.from_text("abcdefghijk\n")
+    m = GPT(GPTConfig(**CFG, dropout=0.1), seed=1)
+    opt = AdamWFlat(m)
+    opt.m[...] = rng.normal(size=opt.m.shape)
+    opt.v[...] = rng.random(opt.v.shape)
+    opt.t = 7
+    gen = np.random.default_rng(99)
+    gen.random(3)
+    save_checkpoint(tmp_path / "ck", m, tokenizer=tok, step=7, optimizer=opt, rng=gen, meta={"note": "hi"})
+    return SimpleRun(tmp_path / "ck", m, opt, tok, gen)
+
+
+class SimpleRun:
+    def __init__(self, path, model, opt, tok, rng):
+        self.path, self.model, self.opt, self.tok, self.rng = path, model, opt, tok, rng
+
+    @property
+    def weights(self):
+        return self.path / json.loads((self.path / "checkpoint.json").read_text())["weights"]
+
+
+def test_round_trip(saved):
+    c = load_checkpoint(saved.path)
+    assert c.model.config == saved.model.config and c.step == 7 and c.meta == {"note": "hi"}
+    assert np.array_equal(c.model.params, saved.model.params) and c.model.params.dtype == np.float32
+    assert np.array_equal(c.optimizer["m"], saved.opt.m) and np.array_equal(c.optimizer["v"], saved.opt.v)
+    assert c.optimizer["t"] == 7 and c.optimizer["hparams"]["weight_decay"] == saved.opt.weight_decay
+    assert c.tokenizer.encode("abc\n") == saved.tok.encode("abc\n")
+    assert c.make_rng().random() == saved.rng.random()  # the RNG continues where it was
+    files = sorted(p.name for p in saved.path.iterdir())
+    assert files == ["checkpoint.json", saved.weights.name]  # no temp files left behind
+
+
+def test_safetensors_holds_gpt2_names_and_moments(saved):
+    from safetensors.numpy import load_file
+
+    t = load_file(str(saved.weights))
+    assert "h.1.attn.c_attn.w" in t and "optim.m.h.1.attn.c_attn.w" in t and "optim.v.wte" in t
+    assert t["h.1.attn.c_attn.w"].shape == (8, 24)
+
+
+def test_bpe_tokenizer_round_trip(tmp_path):
+    tok = BPETokenizer().train("the cat sat on the mat " * 20, 262)
+    m = GPT(GPTConfig(**{**CFG, "vocab_size": tok.vocab_size}))
+    save_checkpoint(tmp_path, m, tokenizer=tok)
+    c = load_checkpoint(tmp_path, dtype=np.float64, backend="numpy")
+    assert c.tokenizer.encode("the mat") == tok.encode("the mat")
+    assert c.model.dtype == np.float64 and c.model.ops.name == "numpy" and c.optimizer is None
+
+
+def test_resave_replaces_the_old_weights(saved):
+    old = saved.weights
+    saved.model.params += 1
+    save_checkpoint(saved.path, saved.model, step=8)
+    assert not old.exists() and saved.weights.exists()
+    assert np.array_equal(load_checkpoint(saved.path).model.params, saved.model.params)
+
+
+@pytest.mark.parametrize("fail_at", ["weights", "sidecar"])
+def test_a_failed_save_keeps_the_old_checkpoint(saved, monkeypatch, fail_at):
+    before = load_checkpoint(saved.path).model.params.copy()
+    files_before = sorted(p.name for p in saved.path.iterdir())
+    if fail_at == "weights":
+        def boom(*a, **k):
+            Path(a[1]).write_bytes(b"partial")  # a half-written temp file, then a crash
+            raise OSError("disk full")
+        monkeypatch.setattr("safetensors.numpy.save_file", boom)
+    else:
+        real_replace = ck.os.replace
+
+        def replace(src, dst):
+            if str(dst).endswith("checkpoint.json"):
+                raise OSError("power cut")
+            return real_replace(src, dst)
+        monkeypatch.setattr(ck.os, "replace", replace)
+    saved.model.params += 1
+    with pytest.raises(OSError):
+        save_checkpoint(saved.path, saved.model, step=9)
+    monkeypatch.undo()
+    assert sorted(p.name for p in saved.path.iterdir()) == files_before
+    assert np.array_equal(load_checkpoint(saved.path).model.params, before)
+
+
+# ----------------------------------------------------------------------------- damage
+
+
+def _damage(run, how):
+    sc = run.path / "checkpoint.json"
+    meta = json.loads(sc.read_text())
+    if how == "no dir":
+        return run.path / "nope", "no such checkpoint directory"
+    if how == "no sidecar":
+        sc.unlink()
+        return run.path, "no checkpoint.json"
+    if how == "bad json":
+        sc.write_text(sc.read_text()[:40])
+        return run.path, r"checkpoint.json: corrupted or truncated JSON"
+    if how == "not ours":
+        sc.write_text(json.dumps({"hello": 1}))
+        return run.path, "not a nanotransformer checkpoint"
+    if how == "no weights":
+        run.weights.unlink()
+        return run.path, r"model-.*\.safetensors: missing"
+    if how == "truncated":
+        data = run.weights.read_bytes()
+        run.weights.write_bytes(data[: len(data) // 2])
+        return run.path, r"model-.*\.safetensors: not a readable safetensors file"
+    if how == "garbage":
+        run.weights.write_bytes(b"\x00\x01garbage" * 10)
+        return run.path, r"model-.*\.safetensors: not a readable safetensors file"
+    if how == "shape":
+        meta["config"]["d_model"] = 12  # the sidecar says 12 channels, the tensors have 8
+        sc.write_text(json.dumps(meta))
+        return run.path, r"tensor 'wte' expected shape \(12, 12\), got \(12, 8\)"
+    if how == "vocab":
+        meta["config"]["vocab_size"] = 20
+        sc.write_text(json.dumps(meta))
+        return run.path, r"tensor 'wte' expected shape \(20, 8\), got \(12, 8\)"
+    if how == "bad config":
+        meta["config"]["n_head"] = 3
+        sc.write_text(json.dumps(meta))
+        return run.path, "checkpoint.json: invalid config.*n_head"
+    if how == "mixed pair":
+        meta["tag"] = "000000"
+        sc.write_text(json.dumps(meta))
+        return run.path, "mixed up"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["no dir", "no sidecar", "bad json", "not ours", "no weights", "truncated",
+                                 "garbage", "shape", "vocab", "bad config", "mixed pair"])
+def test_damaged_checkpoint_is_one_clear_error(saved, how):
+    path, match = _damage(saved, how)
+    with pytest.raises(ValueError, match=match) as e:
+        load_checkpoint(path)
+    assert str(saved.path) in str(e.value)  # names the file / directory
+
+
+def test_missing_tensor_and_nan_weights(saved):
+    from safetensors.numpy import load_file, save_file
+
+    meta = {"format": ck.FORMAT, "step": "7", "tag": json.loads((saved.path / "checkpoint.json").read_text())["tag"]}
+    tensors = load_file(str(saved.weights))
+    del tensors["h.1.mlp.c_fc.b"]
+    save_file(tensors, str(saved.weights), metadata=meta)
+    with pytest.raises(ValueError, match=r"missing tensor 'h.1.mlp.c_fc.b' \(shape \(32,\)\)"):
+        load_checkpoint(saved.path)
+    tensors = load_file(str(saved.weights))
+    tensors["h.1.mlp.c_fc.b"] = np.full(32, np.nan, dtype=np.float32)
+    save_file(tensors, str(saved.weights), metadata=meta)
+    with pytest.raises(ValueError, match="'h.1.mlp.c_fc.b' contains NaN"):
+        load_checkpoint(saved.path)
+    tensors["h.1.mlp.c_fc.b"] = np.zeros(32, dtype=np.float32)
+    del tensors["optim.v.wte"]
+    save_file(tensors, str(saved.weights), metadata=meta)
+    with pytest.raises(ValueError, match="missing tensor 'optim.v.wte'"):
+        load_checkpoint(saved.path)

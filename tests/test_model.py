@@ -1,0 +1,197 @@
+"""The assembled GPT: flat buffer and names, init, forward shapes, and the whole-model gradient check."""
+import math
+
+import numpy as np
+import pytest
+
+from nanotransformer import model as model_mod
+from nanotransformer.gradcheck import numeric_grad, rel_error
+from nanotransformer.model import GPT, GPTConfig
+
+# V vocab, T block size, L layers, NH heads, C channels: the tiny config of the whole-model check
+TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8)
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend(monkeypatch):
+    """Thousands of tiny forwards: run them on the NumPy reference; the other backends are compared
+    with it in test_backends_agree."""
+    monkeypatch.setenv("NANOTRANSFORMER_BACKEND", "numpy")
+
+
+def tiny_model(dtype=np.float64, seed=0, **kw):
+    return GPT(GPTConfig(**{**TINY, **kw}), dtype=dtype, seed=seed)
+
+
+def whole_model_gradcheck(m, ids, targets, coords_per_tensor=20, seed=0, dropout_seed=None):
+    """{name: relative error} over sampled coordinates of every named parameter tensor."""
+    train = dropout_seed is not None
+
+    def loss():
+        rng = np.random.default_rng(dropout_seed) if train else None  # the same dropout mask every call
+        return m.forward(ids, targets, train=train, rng=rng)[1]
+
+    loss()
+    m.backward()
+    analytic = m.grads.copy()
+    rng = np.random.default_rng(seed)
+    errors = {}
+    for name, view in m.p.items():
+        coords = rng.choice(view.size, size=min(coords_per_tensor, view.size), replace=False)
+        num = numeric_grad(loss, view, 1e-5, coords).reshape(-1)[coords]
+        ana = m.views(analytic)[name].reshape(-1)[coords]
+        errors[name], _ = rel_error(ana, num)
+    return errors
+
+
+def _perturbed(m, rng):
+    """Move off the GPT-2 init (LN gains 1, biases 0), where some gradient terms vanish."""
+    m.params += rng.normal(0.0, 0.1, size=m.params.shape)
+    return m
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"bias": False}, {"pos": "sinusoidal"}, {"dropout": 0.2}],
+    ids=["default", "no-bias", "sinusoidal", "dropout"],
+)
+def test_whole_model_gradcheck(kw, rng):
+    m = _perturbed(tiny_model(**kw), rng)
+    ids = rng.integers(0, TINY["vocab_size"], size=(2, 7))
+    targets = rng.integers(0, TINY["vocab_size"], size=(2, 7))
+    targets[0, 3] = -100  # an ignored position must contribute nothing
+    errors = whole_model_gradcheck(m, ids, targets, dropout_seed=5 if "dropout" in kw else None)
+    assert set(errors) == set(m.p)  # every parameter tensor was checked
+    bad = {k: v for k, v in errors.items() if not v < 1e-6}
+    assert not bad, f"gradient check failed: {bad}"
+
+
+def test_whole_model_gradcheck_catches_a_dropped_term(rng, monkeypatch):
+    """The check must fail if backward forgets a term: here the embedding-lookup half of the tied
+    wte gradient (leaving only the LM-head half)."""
+    m = _perturbed(tiny_model(), rng)
+    ids = rng.integers(0, TINY["vocab_size"], size=(2, 7))
+    targets = rng.integers(0, TINY["vocab_size"], size=(2, 7))
+    monkeypatch.setattr(model_mod, "embedding_backward", lambda dout, cache: np.zeros((cache[1], dout.shape[-1])))
+    errors = whole_model_gradcheck(m, ids, targets)
+    assert errors["wte"] > 1e-3
+    assert all(v < 1e-6 for k, v in errors.items() if k != "wte")
+
+
+def test_param_names_shapes_and_flat_views():
+    cfg = GPTConfig(vocab_size=13, block_size=6, n_layer=2, n_head=2, d_model=8)
+    m = GPT(cfg, dtype=np.float32)
+    C = 8
+    expect = {"wte": (13, C), "wpe": (6, C), "ln_f.w": (C,), "ln_f.b": (C,),
+              "h.1.ln_1.w": (C,), "h.1.attn.c_attn.w": (C, 3 * C), "h.1.attn.c_attn.b": (3 * C,),
+              "h.1.attn.c_proj.w": (C, C), "h.1.mlp.c_fc.w": (C, 4 * C), "h.1.mlp.c_proj.w": (4 * C, C)}
+    for name, shape in expect.items():
+        assert m.p[name].shape == shape
+        assert m.g[name].shape == shape
+        assert np.shares_memory(m.p[name], m.params) and np.shares_memory(m.g[name], m.grads)
+    assert "lm_head.w" not in m.p  # tied to wte
+    assert m.params.dtype == np.float32 and m.params.ndim == 1
+    assert m.num_params() == sum(v.size for v in m.p.values()) == m.params.size
+    m.p["h.0.attn.c_proj.b"][...] = 7.0  # a view writes through to the buffer
+    assert (m.params == 7.0).sum() == C
+    # weight decay only on the 2-D weights
+    for name, view in m.views(m.decay_mask).items():
+        assert np.all(view == (1.0 if len(m.p[name].shape) == 2 else 0.0)), name
+
+
+def test_bias_off_and_sinusoidal_change_the_parameter_set():
+    m = GPT(GPTConfig(**TINY, bias=False, pos="sinusoidal"))
+    assert not any(n.endswith(".b") for n in m.p)
+    assert "wpe" not in m.p
+
+
+def test_gpt2_init_statistics():
+    m = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=4, n_head=4, d_model=64), dtype=np.float64)
+    assert abs(m.p["h.0.attn.c_attn.w"].std() - 0.02) < 0.002
+    resid = np.concatenate([m.p[f"h.{i}.mlp.c_proj.w"].ravel() for i in range(4)])
+    assert abs(resid.std() - 0.02 / math.sqrt(2 * 4)) < 0.0007
+    assert np.all(m.p["h.2.ln_1.w"] == 1) and np.all(m.p["h.2.mlp.c_fc.b"] == 0)
+    same = GPT(m.config, dtype=np.float32)  # same seed, any dtype: the same numbers
+    np.testing.assert_allclose(same.params, m.params, rtol=1e-6)
+
+
+def test_forward_shapes_dtype_and_initial_loss(rng):
+    m = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=4, d_model=32), dtype=np.float32)
+    ids = rng.integers(0, 40, size=(3, 16))
+    logits, loss = m.forward(ids, rng.integers(0, 40, size=(3, 16)))
+    assert logits.shape == (3, 16, 40) and logits.dtype == np.float32
+    assert abs(loss - math.log(40)) < 0.1  # small init: near-uniform predictions
+    grads = m.backward()
+    assert grads is m.grads and grads.dtype == np.float32 and np.all(np.isfinite(grads))
+    logits2, loss2 = m.forward(ids[:, :5])
+    assert loss2 is None and logits2.shape == (3, 5, 40)
+    np.testing.assert_allclose(logits2, logits[:, :5], rtol=1e-4, atol=1e-5)  # causal: no peeking ahead
+
+
+def test_backward_without_targets_is_an_error(rng):
+    m = tiny_model()
+    m.forward(rng.integers(0, 11, size=(1, 4)))
+    with pytest.raises(ValueError, match="backward"):
+        m.backward()
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [({"vocab_size": 0}, "vocab_size"), ({"n_head": 3}, "n_head"), ({"dropout": 1.0}, "dropout"),
+     ({"pos": "rotary"}, "pos"), ({"block_size": 2.5}, "block_size")],
+)
+def test_config_validation(kw, match):
+    with pytest.raises(ValueError, match=match):
+        GPTConfig(**{**TINY, **kw})
+
+
+def test_config_round_trip_and_unknown_keys():
+    cfg = GPTConfig(**TINY, dropout=0.1)
+    assert GPTConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown keys.*n_embd"):
+        GPTConfig.from_dict({**TINY, "n_embd": 8})
+
+
+def test_bad_ids_are_clear_errors(rng):
+    m = tiny_model()
+    with pytest.raises(ValueError, match=r"ids: expected ids in \[0, 11\), got 11"):
+        m.forward(np.array([[1, 2, 11]]))
+    with pytest.raises(ValueError, match="ids: expected an integer array"):
+        m.forward(np.array([[1.0, 2.0]]))
+    with pytest.raises(ValueError, match="block_size=8"):
+        m.forward(rng.integers(0, 11, size=(1, 9)))
+    with pytest.raises(ValueError, match="targets"):
+        m.forward(np.array([[1, 2]]), np.array([[1, 12]]))
+
+
+def test_dropout_needs_an_rng_only_in_training(rng):
+    m = tiny_model(dropout=0.5)
+    ids = rng.integers(0, 11, size=(2, 6))
+    a, _ = m.forward(ids)
+    b, _ = m.forward(ids)
+    assert np.array_equal(a, b)  # eval mode: deterministic
+    with pytest.raises(ValueError, match="rng"):
+        m.forward(ids, ids, train=True)
+    c, _ = m.forward(ids, ids, train=True, rng=np.random.default_rng(0))
+    assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("backend", ["numba", "auto"])
+@pytest.mark.parametrize("dtype, rtol, atol", [(np.float64, 1e-9, 1e-12), (np.float32, 1e-4, 1e-5)])
+def test_backends_agree(backend, dtype, rtol, atol, rng):
+    """The model composes whichever hot ops get_ops(config.backend) returns: same logits, loss and
+    gradients as the NumPy reference."""
+    cfg = dict(vocab_size=17, block_size=12, n_layer=2, n_head=2, d_model=16, dropout=0.1)
+    ref = _perturbed(GPT(GPTConfig(**cfg, backend="numpy"), dtype=dtype), np.random.default_rng(3))
+    other = GPT(GPTConfig(**cfg, backend=backend), dtype=dtype)
+    other.params[...] = ref.params
+    assert other.ops.name == backend
+    ids, tg = rng.integers(0, 17, size=(3, 12)), rng.integers(0, 17, size=(3, 12))
+    out = []
+    for m in (ref, other):
+        logits, loss = m.forward(ids, tg, train=True, rng=np.random.default_rng(0))
+        out.append((logits, loss, m.backward().copy()))
+    np.testing.assert_allclose(out[1][0], out[0][0], rtol=rtol, atol=atol)
+    np.testing.assert_allclose(out[1][1], out[0][1], rtol=rtol, atol=atol)
+    scale = np.abs(out[0][2]).max()  # gradients: compared relative to their largest entry
+    np.testing.assert_allclose(out[1][2] / scale, out[0][2] / scale, rtol=0, atol=10 * atol)

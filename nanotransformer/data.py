@@ -194,12 +194,8 @@ def build_tokenizer(text, kind="char", vocab_size=None):
     if kind == "char":
         return tk.CharTokenizer.from_text(text)
     if kind == "bpe":
-        vocab_size = 512 if vocab_size is None else vocab_size
-        if vocab_size < 256:
-            raise ValueError(f"vocab_size: expected at least 256 for a byte-level BPE, got {vocab_size}")
-        tok = tk.BPETokenizer()
-        tok.train(text, vocab_size)
-        return tok
+        # BPETokenizer.train validates vocab_size (> 256) with its own clear error
+        return tk.BPETokenizer().train(text, 512 if vocab_size is None else vocab_size)
     path = Path(kind)
     if not path.is_file():
         raise ValueError(f"tokenizer: expected 'char', 'bpe' or a saved tokenizer file, got {kind!r} (no such file)")

@@ -1,0 +1,332 @@
+"""The autograder passes every reference solution, fails a deliberately broken one with a
+diagnosis that names the wrong tensor and index, and never raises on a student's mistake."""
+import math
+
+import numpy as np
+import pytest
+
+from nanotransformer import attention as A
+from nanotransformer import hf
+from nanotransformer import layers as L
+from nanotransformer import optim as O
+from nanotransformer.exercises import EXERCISES, check, exercise_help
+
+
+def _adam_ref(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
+    O.adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay)
+    return p, m, v
+
+
+def _adam_no_bias_correction(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
+    p -= lr * weight_decay * p
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    return p - lr * m / (np.sqrt(v) + eps), m, v
+
+
+def _adam_coupled(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
+    O.adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled=False)
+    return p, m, v
+
+
+def _bpe_merge(ids, pair, idx):
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+            out.append(idx)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def _bpe_merge_overlapping(ids, pair, idx):
+    # broken: replaces at every position, so 'aaa' -> two merges out of three symbols
+    out = [idx if (a, b) == pair else a for a, b in zip(ids, ids[1:])]
+    return out + ids[-1:] if ids and (len(ids) < 2 or (ids[-2], ids[-1]) != pair) else out
+
+
+def _top_p(logits, p):
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    order = np.argsort(-probs, -1)
+    sp = np.take_along_axis(probs, order, -1)
+    keep_sorted = np.cumsum(sp, -1) - sp < p
+    keep = np.zeros_like(keep_sorted)
+    np.put_along_axis(keep, order, keep_sorted, -1)
+    return np.where(keep, logits, -np.inf)
+
+
+def _top_p_drops_crossing_token(logits, p):
+    # broken: keeps only tokens whose *inclusive* cumulative mass is < p (one token too few)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    order = np.argsort(-probs, -1)
+    keep_sorted = np.cumsum(np.take_along_axis(probs, order, -1), -1) < p
+    keep = np.zeros_like(keep_sorted)
+    np.put_along_axis(keep, order, keep_sorted, -1)
+    return np.where(keep, logits, -np.inf)
+
+
+def _numeric_grad(f, x, h=1e-5):
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + h
+        fp = f()
+        x[i] = old - h
+        fm = f()
+        x[i] = old
+        g[i] = (fp - fm) / (2 * h)
+    return g
+
+
+def _numeric_grad_forward_diff(f, x, h=1e-5):
+    g = np.zeros_like(x)
+    f0 = f()
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + h
+        g[i] = (f() - f0) / h  # one-sided: O(h) error instead of O(h^2)
+        x[i] = old
+    return g
+
+
+def _fused_attention(q, k, v, causal):
+    return A.attention_forward(q, k, v, causal=causal)[0]
+
+
+def _lr_no_warmup(step, max_lr, warmup, max_steps, min_lr):
+    return O.lr_schedule(step, max_lr, 0, max_steps, min_lr) if step < max_steps else min_lr
+
+
+def _sinusoidal_swapped(n_pos, C):
+    pe = L.sinusoidal_table(n_pos, C, dtype=np.float64)
+    return pe[:, ::-1].copy()
+
+
+def _ce_forward(logits, targets):
+    return float(L.cross_entropy_forward(logits, targets)[0])
+
+
+def _ce_forward_naive(logits, targets):
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)  # overflows at +-1000
+        return float(-np.mean(np.log(np.take_along_axis(p, targets[..., None], -1))))
+
+
+def _bigram(ids, V):
+    c = np.ones((V, V))
+    for a, b in zip(ids, ids[1:]):
+        c[a, b] += 1
+    return c / c.sum(1, keepdims=True)
+
+
+def _bigram_unsmoothed_cols(ids, V):
+    c = np.ones((V, V))
+    for a, b in zip(ids, ids[1:]):
+        c[a, b] += 1
+    return c / c.sum(0, keepdims=True)  # normalises the wrong axis
+
+
+def _stats(ids):
+    d = {}
+    for pair in zip(ids, ids[1:]):
+        d[pair] = d.get(pair, 0) + 1
+    return d
+
+
+def _stats_set(ids):
+    return {pair: 1 for pair in zip(ids, ids[1:])}  # forgets to count
+
+
+def _softmax_backward_diag_only(dout, cache):
+    (p,) = cache
+    return p * dout  # drops the -p p^T term of the Jacobian
+
+
+def _attention_backward_no_scale(dout, cache):
+    q, k, v, att, scale = cache
+    dq, dk, dv = A.attention_backward(dout, cache)
+    return dq / scale, dk / scale, dv
+
+
+def _linear_backward_no_transpose_sum(dout, cache):
+    dx, dw, db = L.linear_backward(dout, cache)
+    return dx, dw, dout.reshape(-1, dout.shape[-1])[0]  # db from the first row only
+
+
+def _layernorm_backward_two_terms(dout, cache):
+    xhat, w, rstd = cache
+    _, dw, db = L.layernorm_backward(dout, cache)
+    dxhat = dout * w
+    return rstd * (dxhat - dxhat.mean(-1, keepdims=True)), dw, db  # forgets the variance term
+
+
+def _gelu_backward_relu(dout, cache):
+    (x,) = cache
+    return dout * (x > 0)
+
+
+def _mlp_backward_swapped(dout, cache):
+    dx, dw_fc, db_fc, dw_proj, db_proj = L.mlp_backward(dout, cache)
+    return dx, dw_fc, db_fc, dw_proj, db_proj * 2
+
+
+def _ce_backward_no_mean(dout, cache):
+    probs, t, valid, n = cache
+    return L.cross_entropy_backward(dout, cache) * n  # forgets to divide by the number of targets
+
+
+def _embedding_backward_overwrite(dout, cache):
+    ids, V = cache
+    d = np.zeros((V, dout.shape[-1]))
+    d[ids.reshape(-1)] += dout.reshape(-1, dout.shape[-1])  # repeated ids keep only one row
+    return d
+
+
+def _matmul_transposed_tile(a, b):
+    out = a @ b
+    out[:2, :2] = out[:2, :2].T  # a tile written in the wrong orientation
+    return out
+
+
+def _causal_mask_upper(T):
+    return np.triu(np.ones((T, T), dtype=bool))
+
+
+def _num_params(V, T, L, C):
+    return V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C
+
+
+def _tied(ids, dx_emb, xf, dlogits):
+    V = dlogits.shape[-1]
+    d = L.embedding_backward(dx_emb, (ids, V))
+    return d + (xf.reshape(-1, xf.shape[-1]).T @ dlogits.reshape(-1, V)).T
+
+
+def _tied_embedding_only(ids, dx_emb, xf, dlogits):
+    return L.embedding_backward(dx_emb, (ids, dlogits.shape[-1]))  # forgets the LM head's use of wte
+
+
+# name -> (reference solution, broken solution, substring the diagnosis must contain)
+CASES = {
+    "linear_backward": (L.linear_backward, _linear_backward_no_transpose_sum, "db["),
+    "embedding_backward": (L.embedding_backward, _embedding_backward_overwrite, "dtable["),
+    "softmax_backward": (L.softmax_backward, _softmax_backward_diag_only, "dx["),
+    "attention_backward": (A.attention_backward, _attention_backward_no_scale, "dq["),
+    "layernorm_backward": (L.layernorm_backward, _layernorm_backward_two_terms, "dx["),
+    "gelu_backward": (L.gelu_backward, _gelu_backward_relu, "dx["),
+    "mlp_backward": (L.mlp_backward, _mlp_backward_swapped, "db_proj["),
+    "cross_entropy_backward": (L.cross_entropy_backward, _ce_backward_no_mean, "dlogits["),
+    "cross_entropy_forward": (_ce_forward, _ce_forward_naive, "loss: expected"),
+    "adam_step": (_adam_ref, _adam_no_bias_correction, "after step t=1"),
+    "lr_schedule": (O.lr_schedule, _lr_no_warmup, "lr[0]"),
+    "sinusoidal_table": (lambda n, C: L.sinusoidal_table(n, C), _sinusoidal_swapped, "pe["),
+    "causal_mask": (lambda T: np.tril(np.ones((T, T), bool)), _causal_mask_upper, "mask[0, 1]"),
+    "numeric_grad": (_numeric_grad, _numeric_grad_forward_diff, "grad["),
+    "bigram_probs": (_bigram, _bigram_unsmoothed_cols, "P["),
+    "perplexity": (lambda p: math.exp(-np.mean(np.log(p))), lambda p: float(np.mean(1 / p)), "perplexity: expected"),
+    "get_stats": (_stats, _stats_set, "counts[(1, 2)]: expected 2, got 1"),
+    "bpe_merge": (_bpe_merge, _bpe_merge_overlapping, "ids["),
+    "top_k_filter": (lambda z, k: np.where(z >= np.sort(z, -1)[..., -k, None], z, -np.inf),
+                     lambda z, k: np.where(z > np.sort(z, -1)[..., -k, None], z, -np.inf), "logits["),
+    "top_p_filter": (_top_p, _top_p_drops_crossing_token, "logits["),
+    "matmul_tiled": (lambda a, b: a @ b, _matmul_transposed_tile, "out["),
+    "gpt_num_params": (_num_params, lambda V, T, L_, C: _num_params(V, T, L_, C) + V * C, "n_params: expected"),
+    "tied_wte_grad": (_tied, _tied_embedding_only, "dwte["),
+    "fused_attention": (_fused_attention, lambda q, k, v, c: _fused_attention(q, k, v, not c), "out["),
+    "bytes_to_unicode": (hf.bytes_to_unicode, lambda: {b: chr(b) for b in range(256)}, "mapping[0]"),
+    "our_name": (hf.our_name, lambda k: k.removeprefix("transformer.").replace(".weight", ".w").replace(".bias", ".b"),
+                 "expected 'wte'"),
+}
+
+
+def test_every_exercise_has_a_case():
+    assert set(CASES) == set(EXERCISES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_reference_passes(name, capsys):
+    assert check(name, CASES[name][0]) is True
+    assert capsys.readouterr().out.startswith(f"{name}: passed")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_broken_fails_with_a_located_diagnosis(name, capsys):
+    _, broken, where = CASES[name]
+    assert check(name, broken) is False
+    out = capsys.readouterr().out
+    assert out.startswith(f"{name}: FAILED"), out
+    assert where in out, out
+    assert "expected" in out and "got" in out, out
+
+
+@pytest.mark.parametrize("name", ["layernorm_backward", "attention_backward", "linear_backward"])
+def test_float_diagnosis_reports_relative_error_and_count(name, capsys):
+    check(name, CASES[name][1])
+    out = capsys.readouterr().out
+    assert "relative error" in out and "entries are off" in out, out
+
+
+def test_stub_prints_not_implemented(capsys):
+    def layernorm_backward(dout, cache):
+        raise NotImplementedError  # your code
+
+    assert check("layernorm_backward", layernorm_backward) is False
+    assert "not implemented yet" in capsys.readouterr().out
+
+
+def test_crash_is_reported_not_raised(capsys):
+    def bad(dout, cache):
+        return dout @ np.ones((99, 2))
+
+    assert check("layernorm_backward", bad) is False
+    out = capsys.readouterr().out
+    assert "your function raised ValueError" in out and "test_exercises.py" in out
+
+
+def test_wrong_shape_and_count_and_none(capsys):
+    assert not check("linear_backward", lambda dout, cache: L.linear_backward(dout, cache)[:2])
+    assert "expected 3 outputs (dx, dw, db), got 2" in capsys.readouterr().out
+    assert not check("softmax_backward", lambda dout, cache: dout[..., :-1])
+    assert "dx: expected shape" in capsys.readouterr().out
+    assert not check("gelu_backward", lambda dout, cache: None)
+    assert "dx: got None" in capsys.readouterr().out
+
+
+def test_nan_is_located(capsys):
+    def nan_at_corner(dout, cache):
+        dx = L.softmax_backward(dout, cache)
+        dx[(0,) * dx.ndim] = np.nan
+        return dx
+
+    assert not check("softmax_backward", nan_at_corner)
+    assert "dx[0]: expected" in capsys.readouterr().out
+
+
+def test_numeric_grad_must_restore_x(capsys):
+    def leaves_x_nudged(f, x, h=1e-5):
+        g = _numeric_grad(f, x, h)
+        x.reshape(-1)[1] += h
+        return g
+
+    assert not check("numeric_grad", leaves_x_nudged)
+    assert "x[1] was changed" in capsys.readouterr().out
+
+
+def test_adam_coupled_decay_fails_only_with_decay(capsys):
+    assert not check("adam_step", _adam_coupled)
+    assert "AdamW, weight_decay=0.5" in capsys.readouterr().out
+
+
+def test_unknown_name_raises():
+    with pytest.raises(ValueError, match="name: expected one of"):
+        check("no_such_exercise", lambda: None)
+
+
+def test_exercise_help_lists_all(capsys):
+    exercise_help(None)
+    out = capsys.readouterr().out
+    assert all(n in out for n in EXERCISES)

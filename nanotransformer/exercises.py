@@ -42,6 +42,7 @@ import numpy as np
 from . import attention as _A
 from . import layers as _L
 from . import optim as _O
+from . import seq2seq as _S
 from .gradcheck import numeric_grad
 
 __all__ = ["check", "exercise_help", "EXERCISES"]
@@ -761,6 +762,238 @@ _register(
          ("buffers and the tied head", _our_name_case(["h.0.attn.bias", "transformer.h.5.attn.masked_bias",
                                                        "lm_head.weight"]))],
         "hf.our_name",
+    ),
+)
+
+
+# --- chapters 11-14 (beyond GPT): paste into nanotransformer/exercises.py above "the checker" section.
+# Needs at the top of exercises.py:  from . import seq2seq as _S
+
+
+# --- chapter 11: fine-tuning
+
+
+def _pool_last_case(B, T, C, lengths):
+    def fn(student, tol):
+        h = np.random.default_rng(21).standard_normal((B, T, C))
+        lengths_ = np.array(lengths)
+        expected = h[np.arange(B), lengths_ - 1]
+        return _compare("z", student(h.copy(), lengths_.copy()), expected, tol)
+
+    return fn
+
+
+_register(
+    "pool_last", "11-finetuning",
+    "pool_last(h, lengths) -> z: (B, C), z[b] = h[b, lengths[b] - 1] (the last real token of each right-padded row)", 1e-12,
+    _case_runner(
+        [("no padding", _pool_last_case(2, 4, 3, [4, 4])), ("padded rows", _pool_last_case(3, 5, 2, [5, 2, 1]))],
+        "the last real position",
+    ),
+)
+
+
+def _logreg_loss(X, y, w, b, l2):
+    z = X @ w + b
+    return float(np.mean(y * np.logaddexp(0.0, -z) + (1 - y) * np.logaddexp(0.0, z)) + 0.5 * l2 * (w @ w))
+
+
+def _logreg_case(N, F, l2):
+    def fn(student, tol):
+        rng = np.random.default_rng(22)
+        X, y, w, b = rng.standard_normal((N, F)), (rng.random(N) < 0.5).astype(np.float64), rng.standard_normal(F), 0.3
+        wc, bb = w.copy(), np.array([b])
+        ew = numeric_grad(lambda: _logreg_loss(X, y, wc, b, l2), wc)
+        eb = numeric_grad(lambda: _logreg_loss(X, y, w, bb[0], l2), bb)[0]
+        got = student(X.copy(), y.copy(), w.copy(), b, l2)
+        return _compare_all(("dw", "db"), got, (ew, eb), tol)
+
+    return fn
+
+
+_register(
+    "logistic_regression_grad", "11-finetuning",
+    "logistic_regression_grad(X, y, w, b, l2) -> dw: (F,), db: float, for mean binary cross-entropy of sigmoid(X w + b) + l2/2 |w|^2",
+    1e-6,
+    _case_runner([("N=8, F=3, l2=0", _logreg_case(8, 3, 0.0)), ("N=20, F=5, l2=0.1", _logreg_case(20, 5, 0.1))], "finite differences"),
+)
+
+
+# --- chapter 12: BERT
+
+
+def _allowed_case(ids, pad_id, causal):
+    def fn(student, tol):
+        T = ids.shape[1]
+        keep = (ids != pad_id)[:, None, :]  # (B, 1, T): keys that are not padding
+        expected = np.broadcast_to(keep, (ids.shape[0], T, T))
+        if causal:
+            expected = expected & np.tril(np.ones((T, T), dtype=bool))
+        got = student(ids.copy(), pad_id, causal)
+        return _compare("allowed", None if got is None else np.asarray(got).astype(np.float64), expected, 0.5)
+
+    return fn
+
+
+_ids_pad = np.array([[1, 5, 6, 7], [1, 4, 0, 0]])
+_register(
+    "attention_allowed", "12-bert",
+    "attention_allowed(ids, pad_id, causal) -> (B, T, T) bool, True where query i may attend to key j", 0.5,
+    _case_runner(
+        [("bidirectional, padding", _allowed_case(_ids_pad, 0, False)), ("causal, padding", _allowed_case(_ids_pad, 0, True)),
+         ("bidirectional, no padding", _allowed_case(np.array([[3, 4, 5]]), 0, False))],
+        "the reference mask",
+    ),
+)
+
+
+def _ref_bert_corrupt(ids, u_choose, u_kind, random_ids, mask_id, n_special, mask_prob):
+    chosen = (ids >= n_special) & (u_choose < mask_prob)
+    out = np.where(chosen & (u_kind < 0.8), mask_id, np.where(chosen & (u_kind < 0.9), random_ids, ids))
+    return out, np.where(chosen, ids, -100)
+
+
+def _corrupt_case(B, T, V, mask_prob):
+    def fn(student, tol):
+        rng = np.random.default_rng(23)
+        ids = rng.integers(3, V, (B, T))
+        ids[:, 0] = 1
+        ids[-1, -2:] = 0
+        args = (ids, rng.random((B, T)), rng.random((B, T)), rng.integers(3, V, (B, T)), 2, 3, mask_prob)
+        got = student(*(a.copy() if isinstance(a, np.ndarray) else a for a in args))
+        expected = _ref_bert_corrupt(*args)
+        return _compare_all(("corrupted", "targets"), got, tuple(e.astype(np.float64) for e in expected), 0.5)
+
+    return fn
+
+
+_register(
+    "bert_corrupt", "12-bert",
+    "bert_corrupt(ids, u_choose, u_kind, random_ids, mask_id, n_special, mask_prob) -> corrupted, targets (-100 where not chosen)",
+    0.5,
+    _case_runner([("(2, 10), mask_prob 0.5", _corrupt_case(2, 10, 20, 0.5)), ("(4, 16), mask_prob 0.15", _corrupt_case(4, 16, 30, 0.15))],
+                 "BERT's 80/10/10 rule"),
+)
+
+
+# --- chapter 13: encoder-decoder
+
+
+def _ls_targets(rng, shape, V):
+    t = rng.integers(0, V, size=shape)
+    t.reshape(-1)[1] = -100
+    return t
+
+
+_register(
+    "label_smoothing_backward", "13-encoder-decoder",
+    "label_smoothing_backward(dout, cache) -> dlogits;  cache = (probs, targets, valid, n_valid, eps)", 1e-6,
+    _grad_exercise(
+        _S.label_smoothing_cross_entropy_forward,
+        ("dlogits",),
+        [
+            ("logits (4, 6), eps 0.1", lambda g: (_r(g, 4, 6), g.integers(0, 6, 4), 0.1), {}),
+            ("logits (2, 3, 5), eps 0.3, one target ignored", lambda g: (2 * _r(g, 2, 3, 5), _ls_targets(g, (2, 3), 5), 0.3), {}),
+        ],
+    ),
+)
+
+
+def _ref_teacher_forcing(ys, bos_id, eos_id, pad_id):
+    T = max(len(y) for y in ys) + 1
+    tgt_in = np.full((len(ys), T), pad_id)
+    targets = np.full((len(ys), T), -100)
+    for b, y in enumerate(ys):
+        tgt_in[b, : len(y) + 1] = [bos_id] + list(y)
+        targets[b, : len(y) + 1] = list(y) + [eos_id]
+    return tgt_in, targets
+
+
+def _tf_case(ys):
+    def fn(student, tol):
+        got = student([list(y) for y in ys], 1, 2, 0)
+        expected = _ref_teacher_forcing(ys, 1, 2, 0)
+        return _compare_all(("tgt_in", "targets"), got, tuple(e.astype(np.float64) for e in expected), 0.5)
+
+    return fn
+
+
+_register(
+    "teacher_forcing", "13-encoder-decoder",
+    "teacher_forcing(ys, bos_id, eos_id, pad_id) -> tgt_in = [BOS] + y padded with pad_id, targets = y + [EOS] padded with -100",
+    0.5,
+    _case_runner([("one sequence", _tf_case([[5, 6, 7]])), ("ragged batch", _tf_case([[5], [6, 7, 8, 9], []]))], "the reference batch"),
+)
+
+
+# --- chapter 14: metrics
+
+
+def _ref_modified_precision(hyp, refs, n):
+    from collections import Counter
+
+    grams = lambda s: Counter(tuple(s[i : i + n]) for i in range(len(s) - n + 1))  # noqa: E731
+    h, clip = grams(hyp), Counter()
+    for r in refs:
+        clip |= grams(r)
+    return sum(min(c, clip[g]) for g, c in h.items()), max(0, len(hyp) - n + 1)
+
+
+def _mp_case(hyp, refs, n):
+    def fn(student, tol):
+        got = student(hyp.split(), [r.split() for r in refs], n)
+        exp = _ref_modified_precision(hyp.split(), [r.split() for r in refs], n)
+        return _compare_all(("matches", "total"), got, exp, 1e-12)
+
+    return fn
+
+
+_register(
+    "modified_precision", "14-metrics",
+    "modified_precision(hyp, refs, n) -> (clipped n-gram matches, number of hypothesis n-grams); hyp, refs: token lists", 1e-12,
+    _case_runner(
+        [("unigrams, 'the the the'", _mp_case("the the the the", ["the cat", "a the"], 1)),
+         ("bigrams, two references", _mp_case("the cat sat on the mat", ["the cat is on the mat", "there is a cat on the mat"], 2)),
+         ("hypothesis shorter than n", _mp_case("a b", ["a b c"], 3))],
+        "clipped counts",
+    ),
+)
+
+
+def _bp_case(c, r):
+    def fn(student, tol):
+        expected = 1.0 if c >= r else (math.exp(1 - r / c) if c > 0 else 0.0)
+        return _compare("bp", student(c, r), expected, tol)
+
+    return fn
+
+
+_register(
+    "brevity_penalty", "14-metrics", "brevity_penalty(c, r) -> 1 if c >= r else exp(1 - r / c) (0 when c == 0)", 1e-12,
+    _case_runner([("c > r", _bp_case(12, 10)), ("c == r", _bp_case(5, 5)), ("c < r", _bp_case(7, 10)), ("c = 0", _bp_case(0, 4))],
+                 "the brevity penalty"),
+)
+
+
+def _lcs_case(a, b):
+    def fn(student, tol):
+        prev = [0] * (len(b) + 1)
+        for x in a:
+            cur = [0]
+            for j, y in enumerate(b):
+                cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+            prev = cur
+        return _compare("lcs", student(list(a), list(b)), prev[-1], 1e-12)
+
+    return fn
+
+
+_register(
+    "lcs_length", "14-metrics", "lcs_length(a, b) -> length of the longest common subsequence (not necessarily contiguous)", 1e-12,
+    _case_runner(
+        [("'abcbdab' vs 'bdcaba'", _lcs_case("abcbdab", "bdcaba")), ("gaps", _lcs_case("axbyc", "abc")),
+         ("empty", _lcs_case("", "abc")), ("equal", _lcs_case("abab", "abab"))],
+        "dynamic programming",
     ),
 )
 

@@ -9,6 +9,7 @@ from nanotransformer import attention as A
 from nanotransformer import hf
 from nanotransformer import layers as L
 from nanotransformer import optim as O
+from nanotransformer import metrics as M, seq2seq as S
 from nanotransformer.exercises import EXERCISES, check, exercise_help
 
 
@@ -210,6 +211,63 @@ def _tied_embedding_only(ids, dx_emb, xf, dlogits):
     return L.embedding_backward(dx_emb, (ids, dlogits.shape[-1]))  # forgets the LM head's use of wte
 
 
+# --- tests/test_exercises.py: add these helpers above CASES, and the entries inside CASES.
+# needs:  from nanotransformer import metrics as M, seq2seq as S
+
+
+def _pool_last(h, lengths):
+    return h[np.arange(len(h)), lengths - 1]
+
+
+def _logreg_grad(X, y, w, b, l2):
+    p = 1 / (1 + np.exp(-(X @ w + b)))
+    r = (p - y) / len(y)
+    return X.T @ r + l2 * w, r.sum()
+
+
+def _allowed(ids, pad_id, causal):
+    T = ids.shape[1]
+    a = np.broadcast_to((ids != pad_id)[:, None, :], (len(ids), T, T))
+    return a & np.tril(np.ones((T, T), bool)) if causal else a
+
+
+def _corrupt(ids, u1, u2, rnd, mask_id, n_special, mask_prob):
+    chosen = (ids >= n_special) & (u1 < mask_prob)
+    out = np.where(chosen & (u2 < 0.8), mask_id, np.where(chosen & (u2 < 0.9), rnd, ids))
+    return out, np.where(chosen, ids, -100)
+
+
+def _teacher_forcing(ys, bos, eos, pad):
+    T = max(len(y) for y in ys) + 1
+    a, b = np.full((len(ys), T), pad), np.full((len(ys), T), -100)
+    for i, y in enumerate(ys):
+        a[i, : len(y) + 1], b[i, : len(y) + 1] = [bos] + y, y + [eos]
+    return a, b
+
+
+def _modified_precision(hyp, refs, n, clip=True):
+    from collections import Counter
+
+    g = lambda s: Counter(tuple(s[i : i + n]) for i in range(len(s) - n + 1))  # noqa: E731
+    h, m = g(hyp), Counter()
+    for r in refs:
+        m |= g(r)
+    return sum(min(c, m[k]) if clip else (c if m[k] else 0) for k, c in h.items()), max(0, len(hyp) - n + 1)
+
+
+def _lcs_substring(a, b):  # broken: longest common *substring*
+    best = 0
+    for i in range(len(a)):
+        for j in range(len(b)):
+            k = 0
+            while i + k < len(a) and j + k < len(b) and a[i + k] == b[j + k]:
+                k += 1
+            best = max(best, k)
+    return best
+
+
+
+
 # name -> (reference solution, broken solution, substring the diagnosis must contain)
 CASES = {
     "linear_backward": (L.linear_backward, _linear_backward_no_transpose_sum, "db["),
@@ -240,6 +298,15 @@ CASES = {
     "bytes_to_unicode": (hf.bytes_to_unicode, lambda: {b: chr(b) for b in range(256)}, "mapping[0]"),
     "our_name": (hf.our_name, lambda k: k.removeprefix("transformer.").replace(".weight", ".w").replace(".bias", ".b"),
                  "expected 'wte'"),
+    "pool_last": (_pool_last, lambda h, lengths: h[:, -1], "z["),
+    "logistic_regression_grad": (_logreg_grad, lambda X, y, w, b, l2: (_logreg_grad(X, y, w, b, 0.0)[0], _logreg_grad(X, y, w, b, l2)[1]), "dw["),
+    "attention_allowed": (_allowed, lambda ids, pad, causal: np.broadcast_to(np.tril(np.ones((ids.shape[1],) * 2, bool)) if causal else True, (len(ids), ids.shape[1], ids.shape[1])), "allowed["),
+    "bert_corrupt": (_corrupt, lambda *a: (_corrupt(*a)[0], a[0]), "targets["),
+    "label_smoothing_backward": (S.label_smoothing_cross_entropy_backward, lambda dout, cache: S.label_smoothing_cross_entropy_backward(dout, cache[:4] + (0.0,)), "dlogits["),
+    "teacher_forcing": (_teacher_forcing, lambda ys, bos, eos, pad: (_teacher_forcing(ys, bos, eos, pad)[0],) * 2, "targets["),
+    "modified_precision": (_modified_precision, lambda h, r, n: _modified_precision(h, r, n, clip=False), "matches"),
+    "brevity_penalty": (lambda c, r: 1.0 if c >= r else (math.exp(1 - r / c) if c else 0.0), lambda c, r: math.exp(1 - r / c) if c else 0.0, "bp"),
+    "lcs_length": (M.lcs_length, _lcs_substring, "lcs"),
 }
 
 

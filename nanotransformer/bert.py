@@ -62,7 +62,7 @@ from .layers import (
     positional_forward,
 )
 from .seq2seq import Vocab
-from .validation import check_array, check_ids
+from .validation import check_array, check_ids, check_model_config
 
 SPECIALS = ("[PAD]", "[CLS]", "[MASK]")  # ids 0, 1, 2
 
@@ -131,14 +131,7 @@ class BERTConfig:
     def __post_init__(self):
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_ff", "n_classes"):
-            val = getattr(self, name)
-            if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {val!r}")
-        if self.d_model % self.n_head:
-            raise ValueError(f"n_head: expected a divisor of d_model={self.d_model}, got {self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
+        check_model_config(self, ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_ff", "n_classes"))
 
     def to_dict(self):
         return asdict(self)

@@ -52,7 +52,7 @@ from .layers import (
     residual_forward,
     sinusoidal_table,
 )
-from .validation import check_array, check_ids
+from .validation import check_array, check_ids, check_model_config
 
 POS_KINDS = ("learned", "sinusoidal")
 
@@ -72,14 +72,7 @@ class GPTConfig:
     backend: str = None  # None: $NANOTRANSFORMER_BACKEND, else the default (see backend.py)
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
-            val = getattr(self, name)
-            if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {val!r}")
-        if self.d_model % self.n_head:
-            raise ValueError(f"n_head: expected a divisor of d_model={self.d_model}, got {self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
+        check_model_config(self, ("vocab_size", "block_size", "n_layer", "n_head", "d_model"))
         if self.pos not in POS_KINDS:
             raise ValueError(f"pos: expected one of {POS_KINDS}, got {self.pos!r}")
 

@@ -70,7 +70,7 @@ from .layers import (
     positional_forward,
     sinusoidal_table,
 )
-from .validation import check_array, check_ids
+from .validation import check_array, check_ids, check_model_config
 
 # ----------------------------------------------------------------------------- label smoothing
 
@@ -143,14 +143,7 @@ class Seq2SeqConfig:
     def __post_init__(self):
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
-        for name in ("vocab_size", "max_len", "n_enc_layer", "n_dec_layer", "n_head", "d_model", "d_ff"):
-            val = getattr(self, name)
-            if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {val!r}")
-        if self.d_model % self.n_head:
-            raise ValueError(f"n_head: expected a divisor of d_model={self.d_model}, got {self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout}")
+        check_model_config(self, ("vocab_size", "max_len", "n_enc_layer", "n_dec_layer", "n_head", "d_model", "d_ff"))
         if self.norm not in NORMS:
             raise ValueError(f"norm: expected one of {NORMS}, got {self.norm!r}")
         for name in ("pad_id", "bos_id", "eos_id"):

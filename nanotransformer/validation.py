@@ -50,3 +50,16 @@ def check_ids(name, ids, upper, allow=None):
         bad = vals[(vals < 0) | (vals >= upper)][0]
         extra = f" or {allow}" if allow is not None else ""
         raise ValueError(f"{name}: expected ids in [0, {upper}){extra}, got {int(bad)}")
+
+
+def check_model_config(cfg, int_fields):
+    """Shared checks of a model config dataclass (GPT, BERT, encoder-decoder): every field in
+    `int_fields` a positive integer, n_head dividing d_model, dropout in [0, 1)."""
+    for name in int_fields:
+        val = getattr(cfg, name)
+        if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {val!r}")
+    if cfg.d_model % cfg.n_head:
+        raise ValueError(f"n_head: expected a divisor of d_model={cfg.d_model}, got {cfg.n_head}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"dropout: expected a probability in [0, 1), got {cfg.dropout}")

@@ -20,7 +20,6 @@ from safetensors.numpy import load_file, save_file
 from nanotransformer import hf
 from nanotransformer.backend import get_ops
 from nanotransformer.generate import generate_ids
-from nanotransformer.model import GPT, GPTConfig
 from nanotransformer.pipeline import TextGenerationPipeline, pipeline
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-gpt2"

@@ -8,7 +8,7 @@ import pytest
 
 from nanotransformer import data as data_mod
 from nanotransformer.checkpoint import load_checkpoint
-from nanotransformer.data import TokenData, build_tokenizer, load_text, read_text_file
+from nanotransformer.data import TokenData, build_tokenizer, load_text
 from nanotransformer.model import GPT, GPTConfig
 from nanotransformer.train import Trainer, TrainConfig, TrainingDiverged, eval_loss
 

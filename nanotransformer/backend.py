@@ -1,16 +1,22 @@
 """The one place that chooses how the hot ops run: plain NumPy (`layers.py`, `attention.py`,
-`optim.py`) or Numba kernels (`kernels.py`).
+`optim.py`) or Numba kernels (`kernels.py`, `kernels_attention.py`).
 
-    ops = get_ops()                 # default: per op, whichever is faster (benchmarks/README.md)
+    ops = get_ops()                 # default "auto": per op, whichever is faster (table AUTO below)
     ops = get_ops("numpy")          # force the readable reference everywhere
-    NANOTRANSFORMER_BACKEND=numba   # the same, from the environment
+    ops = get_ops("numba")          # force the Numba kernels everywhere
+    NANOTRANSFORMER_BACKEND=numba   # the same, from the environment (an explicit argument wins)
 
 `ops` is a namespace of forward/backward pairs with the exact signatures of the NumPy
 reference (`ops.layernorm_forward(x, w, b) -> (out, cache)`, ...). A cache made by one backend is
-only ever passed back to the same backend's backward.
+only ever passed back to the same backend's backward, which is why "auto" chooses per *pair*
+(linear_forward and linear_backward always come from the same backend).
 
 Ops: linear, attention (scaled dot-product core on (B, NH, T, hs) tensors), layernorm, gelu,
-cross_entropy, adamw_update.
+cross_entropy, adamw_update. `ops.name` is the backend's name and `ops.choices` says, per op
+pair, which backend runs it.
+
+Does not: time anything at import or at run time. "auto" is a fixed table, decided from the
+project's own benchmark (`benchmarks/bench_kernels.py`) and recorded below with its figures.
 """
 import os
 from types import SimpleNamespace
@@ -29,8 +35,41 @@ OP_NAMES = (
     "adamw_update",
 )  # fmt: skip
 
+# Op pairs: the ops that must come from one backend because they share a cache.
+OP_PAIRS = {
+    "linear": ("linear_forward", "linear_backward"),
+    "attention": ("attention_forward", "attention_backward"),
+    "layernorm": ("layernorm_forward", "layernorm_backward"),
+    "gelu": ("gelu_forward", "gelu_backward"),
+    "cross_entropy": ("cross_entropy_forward", "cross_entropy_backward"),
+    "adamw_update": ("adamw_update",),
+}
+
+# The "auto" default, per op pair: the faster backend in `python benchmarks/bench_kernels.py`
+# (forward + backward at the shapes of the tiny/small/bpe training configs, float32, 2 threads,
+# summed over the three configs). Figures, the runs behind them and the caveats (timings on a
+# shared box swing with load): benchmarks/README.md, "Kernels and training speed".
+#   op pair        auto    numpy time / numba time (tiny, small, bpe)
+#   linear         numpy   0.36, 0.42, 0.35  OpenBLAS sgemm runs at 250-300 GFLOP/s, our tiled
+#                                            Numba matmul at 55-100: BLAS it is
+#   attention      numpy   0.57, 0.73, 1.13  numpy's batched sgemm beats the fused kernel at
+#                                            T <= 256; the kernel wins at T = 1024 (1.22x)
+#   layernorm      numba   1.82, 5.62, 4.12
+#   gelu           numba   2.35, 4.53, 3.46
+#   cross_entropy  numba   0.59, 0.87, 1.29  sub-millisecond at V = 65; wins where it costs (V = 4096)
+#   adamw_update   numba   7.80, 12.2, 7.06
+AUTO = {
+    "linear": "numpy",
+    "attention": "numpy",
+    "layernorm": "numba",
+    "gelu": "numba",
+    "cross_entropy": "numba",
+    "adamw_update": "numba",
+}
+
 _NUMPY = SimpleNamespace(
     name="numpy",
+    choices={pair: "numpy" for pair in OP_PAIRS},
     linear_forward=layers.linear_forward,
     linear_backward=layers.linear_backward,
     attention_forward=attention.attention_forward,
@@ -44,6 +83,39 @@ _NUMPY = SimpleNamespace(
     adamw_update=optim.adamw_update,
 )
 
+_BUILT = {"numpy": _NUMPY}
+
+
+def _numba_ops():
+    """The Numba namespace, imported on first use (so NumPy-only users never load Numba)."""
+    from . import kernels, kernels_attention
+
+    return SimpleNamespace(
+        name="numba",
+        choices={pair: "numba" for pair in OP_PAIRS},
+        linear_forward=kernels.linear_forward,
+        linear_backward=kernels.linear_backward,
+        attention_forward=kernels_attention.attention_forward,
+        attention_backward=kernels_attention.attention_backward,
+        layernorm_forward=kernels.layernorm_forward,
+        layernorm_backward=kernels.layernorm_backward,
+        gelu_forward=kernels.gelu_forward,
+        gelu_backward=kernels.gelu_backward,
+        cross_entropy_forward=kernels.cross_entropy_forward,
+        cross_entropy_backward=kernels.cross_entropy_backward,
+        adamw_update=kernels.adamw_update,
+    )
+
+
+def _auto_ops():
+    """Per op pair, the namespace of the backend named in AUTO."""
+    ops = {"name": "auto", "choices": dict(AUTO)}
+    for pair, names in OP_PAIRS.items():
+        source = get_ops(AUTO[pair])
+        for op in names:
+            ops[op] = getattr(source, op)
+    return SimpleNamespace(**ops)
+
 
 def resolve_backend(name=None):
     """`name`, else $NANOTRANSFORMER_BACKEND, else "auto" -> one of BACKENDS or "auto"."""
@@ -56,7 +128,6 @@ def resolve_backend(name=None):
 def get_ops(name=None):
     """The namespace of ops for backend `name` (see module docstring)."""
     name = resolve_backend(name)
-    if name in ("numpy", "auto"):
-        # TODO(issue 5): "numba" and the measured per-op "auto" choice arrive with kernels.py.
-        return _NUMPY
-    raise ValueError(f"backend: {name!r} is not available yet")
+    if name not in _BUILT:
+        _BUILT[name] = _numba_ops() if name == "numba" else _auto_ops()
+    return _BUILT[name]

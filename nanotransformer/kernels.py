@@ -1,0 +1,638 @@
+"""Numba kernels for the hot loop: matmul (linear), layer norm, GELU, fused softmax-cross-entropy
+and the fused AdamW update. Fused attention lives in `kernels_attention.py`.
+
+Every kernel has exactly one NumPy twin in the reference code (`layers.py`, `optim.py`) and a
+public wrapper here with the twin's signature, so `backend.get_ops("numba")` is a drop-in
+replacement: `linear_forward(x, w, b) -> (out, cache)`, `linear_backward(dout, cache) -> (dx, dw,
+db)`, ... The wrapper validates (dtype, shapes, index ranges), makes its arguments C-contiguous
+and allocates the outputs; the kernel `_xxx_forward_nb(outputs..., inputs...)` never validates,
+writes into its preallocated outputs (first in the argument list, as in llm.c) and is compiled
+with `cache=True` so a second process loads machine code from disk instead of recompiling.
+A cache is only ever handed back to the backward of the same backend, so ours may hold different
+things from the NumPy one (the layer-norm cache keeps x, mean and rstd rather than xhat).
+
+Dimension legend: N rows (B * T flattened), C channels, C_in/C_out linear sizes, V vocab,
+M x K @ K x N for a bare matmul.
+
+Parallelism: `prange` splits only an axis whose writes never overlap (rows of the output);
+reductions across rows (dW, db of layer norm) give each chunk of rows its own partial sum and add
+the partials afterwards. Chunks are a fixed number, not the thread count, so results do not
+depend on how many threads ran them. Each kernel is compiled twice from one source (`_kernel`):
+threaded, and serial for calls too small to repay waking the threads (`_run`, `SERIAL_BELOW`).
+
+Numbers: float32 and float64 both work (the parity tests run both); every scalar is cast to the
+arrays' dtype in the wrapper so float32 stays float32 inside the kernels. exp and tanh come from
+`_exp` / `_tanh`: NumPy-accurate libm calls in float64, and vectorisable polynomial versions in
+float32 (libm's are scalar calls that block SIMD; this Numba has no SVML).
+
+Does not: run fast under NUMBA_DISABLE_JIT=1 (the same code then runs as plain Python, which the
+CI uses for coverage), or use BLAS (that is the "numpy" backend: backend.AUTO records which one
+the default picks per op, and why).
+"""
+import math
+import types as types_
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+from .validation import check_array, check_ids, check_same_dtype
+
+# One set of fastmath flags for every kernel. Allowed: reassociation (so reductions vectorise),
+# FMA contraction, approximate reciprocals/functions, no signed zeros. Never `nnan`/`ninf`: the
+# kernels must still see the -inf of a mask and propagate a NaN rather than assume it away.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+# error_model="numpy": a division by zero gives inf/nan like NumPy instead of a Python exception;
+# the exception check is a branch inside the loop that stops LLVM from vectorising it.
+JIT = dict(fastmath=FASTMATH, error_model="numpy", cache=True)
+
+# Numba's thread pool: "workqueue" unless the user picked one (NUMBA_THREADING_LAYER). The
+# default OpenMP pool spins its idle threads; measured on 2 cores, alternating a BLAS matmul
+# with a Numba kernel then ran 1.4x slower than the two apart (and the kernel alone 2x slower on
+# a busy machine), while workqueue threads sleep: no interference. Workqueue's limitation, no
+# parallel kernel launched from two Python threads at once, does not arise in this package.
+if numba.config.THREADING_LAYER == "default":
+    numba.config.THREADING_LAYER = "workqueue"
+
+# Rows per parallel chunk-reduction (layer-norm dw/db): a fixed count, so sums are reproducible.
+N_CHUNKS = 16
+
+# Below this much work (elements touched, or multiply-adds for products) a kernel runs its serial
+# build: entering a parallel region costs ~50 us even with one thread (workqueue; milliseconds
+# for OpenMP on a busy machine), against ~0.2 us for a plain call, and a decoding step or a
+# tiny batch is made of such small calls.
+SERIAL_BELOW = 1 << 16
+
+
+def _kernel(fn):
+    """@_kernel: compile `fn` twice from one source, threaded (`prange` splits the loop over
+    threads) and, as `.serial`, for the calling thread alone (`prange` is then `range`)."""
+    threaded = njit(parallel=True, **JIT)(fn)
+    # a renamed copy of the function, so that Numba's on-disk cache keeps the two builds apart
+    twin = types_.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + "_serial"
+    threaded.serial = njit(**JIT)(twin)
+    return threaded
+
+
+def _run(kernel, work, *args):
+    """kernel(*args), or its serial build if `work` is below SERIAL_BELOW (see there)."""
+    return kernel(*args) if work >= SERIAL_BELOW else kernel.serial(*args)
+
+
+# ----------------------------------------------------------------------------- exp, tanh
+
+_POW2_F32 = (2.0 ** np.arange(-153, 128)).astype(np.float32)  # 2^n for n in [-153, 127]; below -149 it is 0
+
+
+def _exp(x):
+    """exp(x) for a scalar. In Python (NUMBA_DISABLE_JIT=1) it is math.exp; compiled, see below."""
+    return math.exp(x)
+
+
+def _tanh(x):
+    """tanh(x) for a scalar. In Python (NUMBA_DISABLE_JIT=1) it is math.tanh; compiled, see below."""
+    return math.tanh(x)
+
+
+@njit(**JIT)
+def _exp_f32(x):
+    # exp(x) = 2^n * exp(r), n = round(x / ln 2), |r| <= ln2 / 2 (Cody-Waite: ln 2 split into a
+    # short high part, exact in n * hi, and a low correction). exp(r) by its Taylor series to
+    # r^6 (error < 2e-7 relative, float32's own rounding), 2^n from a table: plain arithmetic and
+    # one table gather, all of which LLVM turns into SIMD. The result is (2 p) * 2^(n-1) so that
+    # n = 128 (x just below float32's overflow at 88.72) still uses a finite table entry.
+    if x != x:  # NaN in, NaN out (the clamp below would otherwise turn it into a number)
+        return x
+    x = min(max(x, np.float32(-103.0)), np.float32(88.8))  # exp(-103) = 0 and exp(88.8) = inf in float32
+    n = math.floor(x * np.float32(1.44269504) + np.float32(0.5))
+    r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
+    p = np.float32(1 / 720)
+    p = p * r + np.float32(1 / 120)
+    p = p * r + np.float32(1 / 24)
+    p = p * r + np.float32(1 / 6)
+    p = p * r + np.float32(0.5)
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    return (p + p) * _POW2_F32[int(n) - 1 + 153]
+
+
+@njit(**JIT)
+def _tanh_f32(x):
+    # tanh(x) = 1 - 2 / (exp(2x) + 1): exact algebra, inf-safe (exp -> inf gives 1, -> 0 gives -1).
+    # Absolute error ~1e-7, which is what float32 GELU needs (its output is x * (1 + tanh) / 2).
+    return np.float32(1.0) - np.float32(2.0) / (_exp_f32(np.float32(2.0) * x) + np.float32(1.0))
+
+
+@overload(_exp, jit_options=dict(fastmath=FASTMATH, error_model="numpy"))
+def _exp_impl(x):
+    if x == types.float32:
+        return lambda x: _exp_f32(x)
+    return lambda x: math.exp(x)
+
+
+@overload(_tanh, jit_options=dict(fastmath=FASTMATH, error_model="numpy"))
+def _tanh_impl(x):
+    if x == types.float32:
+        return lambda x: _tanh_f32(x)
+    return lambda x: math.tanh(x)
+
+
+@njit(**JIT)
+def _row_max(row, n):
+    """max(row[:n]), n >= 1, with four independent running maxima. Without fastmath `nnan`,
+    LLVM will not turn a max into SIMD, and a single chain waits on every comparison; four
+    chains keep four comparisons in flight. (A NaN may be skipped here, but it still reaches
+    the result through the exp(x - max) that follows.)"""
+    m0 = m1 = m2 = m3 = row[0]
+    j = 0
+    while j + 4 <= n:
+        m0 = max(m0, row[j])
+        m1 = max(m1, row[j + 1])
+        m2 = max(m2, row[j + 2])
+        m3 = max(m3, row[j + 3])
+        j += 4
+    for jj in range(j, n):
+        m0 = max(m0, row[jj])
+    return max(max(m0, m1), max(m2, m3))
+
+
+# ----------------------------------------------------------------------------- matmul (linear)
+#
+# out = a @ b_t.T, with both operands stored so that the reduction axis k is the contiguous
+# one: out[i, j] = dot(a[i, :], b_t[j, :]). Three levels of blocking, from the inside out:
+#
+# 1. Register tile (MR x NR = 4 x 4): 16 running sums live in registers for a whole stretch of k.
+#    Each step loads 4 values of a and 4 of b_t and does 16 multiply-adds, so the tile does
+#    twice as much arithmetic as loading; a plain dot product does one multiply-add per two
+#    loads and waits on memory. LLVM vectorises the k loop (fastmath `reassoc` lets it split each
+#    sum into SIMD lanes).
+# 2. Cache blocks (KC x NC): a (NC x KC) block of b_t (256 KB) stays in L2 while every 4-row
+#    tile of a slab of a sweeps over it, and the tile's own 4 x KC strip of a stays in L1.
+#    Without the NC block, a wide output (V = 4096 columns) streams all of b_t from L3 once per
+#    4 rows; without KC, a long reduction (k = B * T = 2048) does the same.
+# 3. Threads: `prange` over slabs of MC rows of `out`; each thread writes only its own rows.
+
+MR, NR = 4, 4  # register tile: rows of a x rows of b_t per inner loop
+KC = 512  # k block: a tile's strip of a is 4 x 512 x 4 B = 8 KB (L1 is 48 KB)
+NC = 128  # column block: b_t's block is 128 x 512 x 4 B = 256 KB (L2 is 2 MB)
+MC = 32  # rows per parallel task
+ROWS_BELOW = 8  # linear_forward with fewer rows than this skips the tiles (see _linear_rows_nb)
+
+
+@njit(**JIT)
+def _matmul_tile_nb(out, a, b_t, i, j, k0, k1, add):
+    """out[i:i+4, j:j+4] (+)= a[i:i+4, k0:k1] @ b_t[j:j+4, k0:k1].T with 16 sums in registers
+    (`add`: accumulate into out, else overwrite it)."""
+    # Row views indexed from 0: Numba wraps negative indices, so an index that might be negative
+    # (k in range(k0, k1)) costs a select per load and turns SIMD loads into gathers (4x slower).
+    a0, a1, a2, a3 = a[i, k0:k1], a[i + 1, k0:k1], a[i + 2, k0:k1], a[i + 3, k0:k1]
+    b0, b1, b2, b3 = b_t[j, k0:k1], b_t[j + 1, k0:k1], b_t[j + 2, k0:k1], b_t[j + 3, k0:k1]
+    z = a.dtype.type(0)
+    c00 = c01 = c02 = c03 = z
+    c10 = c11 = c12 = c13 = z
+    c20 = c21 = c22 = c23 = z
+    c30 = c31 = c32 = c33 = z
+    for k in range(k1 - k0):
+        x0 = a0[k]; x1 = a1[k]; x2 = a2[k]; x3 = a3[k]  # noqa: E702
+        y0 = b0[k]; y1 = b1[k]; y2 = b2[k]; y3 = b3[k]  # noqa: E702
+        c00 += x0 * y0; c01 += x0 * y1; c02 += x0 * y2; c03 += x0 * y3  # noqa: E702
+        c10 += x1 * y0; c11 += x1 * y1; c12 += x1 * y2; c13 += x1 * y3  # noqa: E702
+        c20 += x2 * y0; c21 += x2 * y1; c22 += x2 * y2; c23 += x2 * y3  # noqa: E702
+        c30 += x3 * y0; c31 += x3 * y1; c32 += x3 * y2; c33 += x3 * y3  # noqa: E702
+    if add:
+        c00 += out[i, j]; c01 += out[i, j + 1]; c02 += out[i, j + 2]; c03 += out[i, j + 3]  # noqa: E702
+        c10 += out[i + 1, j]; c11 += out[i + 1, j + 1]; c12 += out[i + 1, j + 2]; c13 += out[i + 1, j + 3]  # noqa: E702
+        c20 += out[i + 2, j]; c21 += out[i + 2, j + 1]; c22 += out[i + 2, j + 2]; c23 += out[i + 2, j + 3]  # noqa: E702
+        c30 += out[i + 3, j]; c31 += out[i + 3, j + 1]; c32 += out[i + 3, j + 2]; c33 += out[i + 3, j + 3]  # noqa: E702
+    out[i, j] = c00; out[i, j + 1] = c01; out[i, j + 2] = c02; out[i, j + 3] = c03  # noqa: E702
+    out[i + 1, j] = c10; out[i + 1, j + 1] = c11; out[i + 1, j + 2] = c12; out[i + 1, j + 3] = c13  # noqa: E702
+    out[i + 2, j] = c20; out[i + 2, j + 1] = c21; out[i + 2, j + 2] = c22; out[i + 2, j + 3] = c23  # noqa: E702
+    out[i + 3, j] = c30; out[i + 3, j + 1] = c31; out[i + 3, j + 2] = c32; out[i + 3, j + 3] = c33  # noqa: E702
+
+
+@njit(**JIT)
+def _gemm_nt(out, a, b_t, m, n, kk, add):
+    """out[:m, :n] (+)= a[:m, :kk] @ b_t[:n, :kk].T, serially: the blocked product every matmul
+    here (linear and attention) is built from. `add`: accumulate into out, else overwrite it.
+    Sizes are explicit so scratch buffers may be larger than one call uses.
+
+    out: (>= m, >= n), a: (>= m, >= kk), b_t: (>= n, >= kk), all C-contiguous.
+    """
+    for k0 in range(0, max(kk, 1), KC):  # (kk = 0 still runs once, to write the zeros)
+        k1 = min(k0 + KC, kk)
+        acc = add or k0 > 0  # later k blocks add to what the first one wrote
+        for j0 in range(0, n, NC):  # the (NC x KC) block of b_t is reused by every row tile
+            j1 = min(j0 + NC, n)
+            for i in range(0, m - MR + 1, MR):  # full 4-row tiles
+                j = j0
+                while j + NR <= j1:
+                    _matmul_tile_nb(out, a, b_t, i, j, k0, k1, acc)
+                    j += NR
+                for i2 in range(i, i + MR):  # the last < 4 columns: one dot product each
+                    for j2 in range(j, j1):
+                        out[i2, j2] = (out[i2, j2] if acc else 0) + _dot(a, b_t, i2, j2, k0, k1)
+            for i2 in range(m - m % MR, m):  # the last < 4 rows
+                for j2 in range(j0, j1):
+                    out[i2, j2] = (out[i2, j2] if acc else 0) + _dot(a, b_t, i2, j2, k0, k1)
+
+
+@njit(**JIT)
+def _dot(a, b_t, i, j, k0, k1):
+    """a[i, k0:k1] . b_t[j, k0:k1]"""
+    x, y = a[i, k0:k1], b_t[j, k0:k1]  # views from 0: see _matmul_tile_nb
+    s = a.dtype.type(0)
+    for k in range(k1 - k0):
+        s += x[k] * y[k]
+    return s
+
+
+@_kernel
+def _matmul_nt_nb(out, a, b_t, bias):
+    """Numba kernel for `layers.linear_forward`'s `x @ w + b` (and both products of
+    `layers.linear_backward`): out = a @ b_t.T + bias.
+
+    out: (M, N), a: (M, K), b_t: (N, K), bias: (N,) or (0,) for none. All C-contiguous.
+    """
+    M, K = a.shape
+    N = b_t.shape[0]
+    for t in prange((M + MC - 1) // MC):  # row slab t owns out[MC*t : MC*(t+1)]: no overlap
+        i0 = t * MC
+        i1 = min(i0 + MC, M)
+        _gemm_nt(out[i0:i1], a[i0:i1], b_t, i1 - i0, N, K, False)
+        if bias.shape[0] > 0:
+            for i in range(i0, i1):
+                for j in range(N):
+                    out[i, j] += bias[j]
+
+
+@njit(**JIT)
+def _transpose_block(out, a, m, n):
+    """out[:n, :m] = a[:m, :n].T, serially (small blocks inside a kernel)."""
+    for i0 in range(0, m, TB):  # TB x TB tiles, as in _transpose_nb
+        for j in range(n):
+            row = out[j]
+            for i in range(i0, min(i0 + TB, m)):
+                row[i] = a[i, j]
+
+
+@_kernel
+def _linear_rows_nb(out, x, w, bias):
+    """Numba kernel for `layers.linear_forward` when x has only a few rows (decoding a token):
+    out[i] = bias + sum_k x[i, k] * w[k], reading w once, row by row, as stored (C_in, C_out),
+    instead of transposing it for the tiled kernel (which would cost as much as the product).
+
+    out: (M, C_out), x: (M, C_in), w: (C_in, C_out), bias: (C_out,) or (0,). C-contiguous.
+    """
+    M, C_in = x.shape
+    C_out = w.shape[1]
+    for t in prange((C_out + NC - 1) // NC):  # column block t owns out[:, NC*t : NC*(t+1)]
+        j0 = t * NC
+        j1 = min(j0 + NC, C_out)
+        for i in range(M):
+            o = out[i, j0:j1]
+            for j in range(j1 - j0):
+                o[j] = bias[j0 + j] if bias.shape[0] > 0 else 0
+            for k in range(C_in):
+                xk = x[i, k]
+                wk = w[k, j0:j1]
+                for j in range(j1 - j0):  # contiguous in w and out: SIMD
+                    o[j] += xk * wk[j]
+
+
+TB = 32  # transpose tile: 32 x 32 floats = 4 KB read and written while in L1
+
+
+@_kernel
+def _transpose_nb(out, a):
+    """out = a.T, copied in TB x TB tiles: reading a row of a tile and writing a column of it
+    both touch only the tile's 32 cache lines, instead of one cache line per element.
+
+    out: (N, M), a: (M, N)
+    """
+    M, N = a.shape
+    for tj in prange((N + TB - 1) // TB):  # tile column tj owns out[32tj:32tj+32]: no overlap
+        j0 = tj * TB
+        j1 = min(j0 + TB, N)
+        for i0 in range(0, M, TB):
+            for i in range(i0, min(i0 + TB, M)):
+                for j in range(j0, j1):
+                    out[j, i] = a[i, j]
+
+
+def matmul(a, b):
+    """a: (M, K) @ b: (K, N) -> (M, N) with the tiled Numba kernel (for benchmarks and tests)."""
+    check_same_dtype(a=a, b=b)
+    check_array("a", a, ndim=2)
+    check_array("b", b, shape=(a.shape[1], None))
+    a = np.ascontiguousarray(a)
+    out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    _run(_matmul_nt_nb, a.size * b.shape[1], out, a, transpose(b), np.empty(0, a.dtype))
+    return out
+
+
+def transpose(a):
+    """A C-contiguous copy of a 2-D array's transpose (tiled Numba copy)."""
+    out = np.empty((a.shape[1], a.shape[0]), dtype=a.dtype)
+    _run(_transpose_nb, a.size, out, np.ascontiguousarray(a))
+    return out
+
+
+def linear_forward(x, w, b=None):
+    """x: (..., C_in), w: (C_in, C_out), b: (C_out,) or None -> out: (..., C_out), cache
+
+    cache = (x2, w, has_bias, lead_shape) with x2 = x as a C-contiguous (N, C_in) array.
+    """
+    check_same_dtype(x=x, w=w, b=b)
+    check_array("w", w, ndim=2)
+    check_array("x", x, min_ndim=1, shape=x.shape[:-1] + (w.shape[0],))
+    if b is not None:
+        check_array("b", b, shape=(w.shape[1],))
+    x2 = np.ascontiguousarray(x.reshape(-1, w.shape[0]))  # (N, C_in)
+    out = np.empty((x2.shape[0], w.shape[1]), dtype=x.dtype)  # (N, C_out)
+    bias = np.empty(0, x.dtype) if b is None else np.ascontiguousarray(b)
+    if x2.shape[0] < ROWS_BELOW:
+        _run(_linear_rows_nb, out.size * w.shape[0], out, x2, np.ascontiguousarray(w), bias)
+    else:
+        _run(_matmul_nt_nb, out.size * w.shape[0], out, x2, transpose(w), bias)  # w.T: (C_out, C_in), k = C_in contiguous
+    return out.reshape(x.shape[:-1] + (w.shape[1],)), (x2, w, b is not None, x.shape[:-1])
+
+
+def linear_backward(dout, cache):
+    """dout: (..., C_out) -> dx: (..., C_in), dw: (C_in, C_out), db: (C_out,) or None"""
+    x2, w, has_bias, lead = cache
+    C_in, C_out = w.shape
+    d2 = np.ascontiguousarray(dout.reshape(-1, C_out))  # (N, C_out)
+    none = np.empty(0, x2.dtype)
+    # forward was: out = x @ w + b  ->  dx = dout @ w.T: k = C_out, already contiguous in w's rows
+    dx = np.empty((d2.shape[0], C_in), dtype=x2.dtype)
+    _run(_matmul_nt_nb, dx.size * C_out, dx, d2, np.ascontiguousarray(w), none)
+    # dw = x.T @ dout: k = N, so both operands are transposed to make N the contiguous axis
+    d_t = transpose(d2)  # (C_out, N)
+    dw = np.empty((C_in, C_out), dtype=x2.dtype)
+    _run(_matmul_nt_nb, dw.size * d2.shape[0], dw, transpose(x2), d_t, none)
+    db = d_t.sum(axis=1) if has_bias else None  # db = sum over rows of dout = row sums of dout.T
+    return dx.reshape(lead + (C_in,)), dw, db
+
+
+# ----------------------------------------------------------------------------- layer norm
+
+
+@_kernel
+def _layernorm_forward_nb(out, mean, rstd, x, w, b, eps):
+    """Numba kernel for `layers.layernorm_forward`.
+
+    out: (N, C), mean: (N,), rstd: (N,), x: (N, C), w: (C,), b: (C,), eps: scalar of x's dtype
+    """
+    N, C = x.shape
+    for i in prange(N):  # row i writes only out[i], mean[i], rstd[i]
+        s = x.dtype.type(0)
+        for c in range(C):
+            s += x[i, c]
+        m = s / C
+        v = x.dtype.type(0)
+        for c in range(C):  # two passes: var = mean((x - m)^2) has no cancellation, unlike E[x^2] - m^2
+            d = x[i, c] - m
+            v += d * d
+        r = 1 / math.sqrt(v / C + eps)
+        for c in range(C):
+            out[i, c] = (x[i, c] - m) * r * w[c] + b[c]
+        mean[i] = m
+        rstd[i] = r
+
+
+@_kernel
+def _layernorm_backward_nb(dx, dw_part, db_part, dout, x, mean, rstd, w):
+    """Numba kernel for `layers.layernorm_backward`.
+
+    dx: (N, C), dw_part, db_part: (N_CHUNKS, C) per-chunk partial sums (zeroed by the caller),
+    dout, x: (N, C), mean, rstd: (N,), w: (C,)
+    """
+    N, C = x.shape
+    n_chunks = dw_part.shape[0]
+    for ch in prange(n_chunks):  # chunk ch owns rows [lo, hi) of dx and row ch of the partials
+        lo = ch * N // n_chunks
+        hi = (ch + 1) * N // n_chunks
+        for i in range(lo, hi):
+            m, r = mean[i], rstd[i]
+            # forward was: out = xhat * w + b  ->  dw += dout * xhat, db += dout, dxhat = dout * w
+            s1 = x.dtype.type(0)  # sum(dxhat)
+            s2 = x.dtype.type(0)  # sum(dxhat * xhat)
+            for c in range(C):
+                xhat = (x[i, c] - m) * r
+                dw_part[ch, c] += dout[i, c] * xhat
+                db_part[ch, c] += dout[i, c]
+                dxhat = dout[i, c] * w[c]
+                s1 += dxhat
+                s2 += dxhat * xhat
+            # forward was: xhat = (x - mean) * rstd  ->  dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+            s1 /= C
+            s2 /= C
+            for c in range(C):
+                xhat = (x[i, c] - m) * r
+                dx[i, c] = r * (dout[i, c] * w[c] - s1 - xhat * s2)
+
+
+def layernorm_forward(x, w, b, eps=1e-5):
+    """x: (..., C), w: (C,), b: (C,) -> out: (..., C), cache = (x2, w, mean, rstd, shape)"""
+    check_same_dtype(x=x, w=w, b=b)
+    check_array("x", x, min_ndim=1)
+    C = x.shape[-1]
+    check_array("w", w, shape=(C,))
+    check_array("b", b, shape=(C,))
+    x2 = np.ascontiguousarray(x.reshape(-1, C))  # (N, C)
+    N = x2.shape[0]
+    out = np.empty_like(x2)
+    mean = np.empty(N, x.dtype)
+    rstd = np.empty(N, x.dtype)
+    _run(_layernorm_forward_nb, x2.size, out, mean, rstd, x2, np.ascontiguousarray(w), np.ascontiguousarray(b), x.dtype.type(eps))
+    return out.reshape(x.shape), (x2, np.ascontiguousarray(w), mean, rstd, x.shape)
+
+
+def layernorm_backward(dout, cache):
+    """dout: (..., C) -> dx: (..., C), dw: (C,), db: (C,)"""
+    x2, w, mean, rstd, shape = cache
+    N, C = x2.shape
+    dx = np.empty_like(x2)
+    n_chunks = max(1, min(N_CHUNKS, N))
+    dw_part = np.zeros((n_chunks, C), x2.dtype)
+    db_part = np.zeros((n_chunks, C), x2.dtype)
+    _run(_layernorm_backward_nb, x2.size, dx, dw_part, db_part, np.ascontiguousarray(dout.reshape(N, C)), x2, mean, rstd, w)
+    return dx.reshape(shape), dw_part.sum(axis=0), db_part.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------- GELU
+
+_GELU_K = math.sqrt(2.0 / math.pi)
+
+
+@_kernel
+def _gelu_forward_nb(out, x):
+    """Numba kernel for `layers.gelu_forward`. out, x: (n,) flat
+
+    out = 0.5 x (1 + tanh(k (x + 0.044715 x^3))), k = sqrt(2 / pi)
+    """
+    k = x.dtype.type(_GELU_K)
+    a = x.dtype.type(0.044715)
+    half, one = x.dtype.type(0.5), x.dtype.type(1.0)
+    for i in prange(x.shape[0]):  # element i writes only out[i]
+        xi = x[i]
+        out[i] = half * xi * (one + _tanh(k * (xi + a * xi * xi * xi)))
+
+
+@_kernel
+def _gelu_backward_nb(dx, dout, x):
+    """Numba kernel for `layers.gelu_backward`. dx, dout, x: (n,) flat"""
+    k = x.dtype.type(_GELU_K)
+    a = x.dtype.type(0.044715)
+    a3 = x.dtype.type(3 * 0.044715)
+    half, one = x.dtype.type(0.5), x.dtype.type(1.0)
+    for i in prange(x.shape[0]):  # element i writes only dx[i]
+        xi = x[i]
+        t = _tanh(k * (xi + a * xi * xi * xi))
+        # forward was: out = 0.5 x (1 + t), t = tanh(u(x)), u = k (x + a x^3)
+        #   dout/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) u'(x),  u'(x) = k (1 + 3 a x^2)
+        dx[i] = dout[i] * (half * (one + t) + half * xi * (one - t * t) * k * (one + a3 * xi * xi))
+
+
+def gelu_forward(x):
+    """x: (...) -> out: (...), cache = (x,)"""
+    check_array("x", x, floating=True)
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    _run(_gelu_forward_nb, x.size, out.reshape(-1), x.reshape(-1))
+    return out, (x,)
+
+
+def gelu_backward(dout, cache):
+    """dout: (...) -> dx: (...)"""
+    (x,) = cache
+    dx = np.empty_like(x)
+    _run(_gelu_backward_nb, x.size, dx.reshape(-1), np.ascontiguousarray(dout).reshape(-1), x.reshape(-1))
+    return dx
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+
+
+@_kernel
+def _cross_entropy_forward_nb(losses, lse, logits, targets, ignore_index):
+    """Numba kernel for `layers.cross_entropy_forward` (per-row part; the mean is the wrapper's).
+
+    losses: (N,) loss of each row (0 where ignored), lse: (N,) log-sum-exp of each row,
+    logits: (N, V), targets: (N,) int
+    """
+    N, V = logits.shape
+    for i in prange(N):  # row i writes only losses[i], lse[i]
+        m = _row_max(logits[i], V)
+        s = logits.dtype.type(0)
+        for j in range(V):  # subtract the max first: exp never overflows, the largest term is 1
+            s += _exp(logits[i, j] - m)
+        lse[i] = m + math.log(s)
+        t = targets[i]
+        losses[i] = 0 if t == ignore_index else lse[i] - logits[i, t]
+
+
+@_kernel
+def _cross_entropy_backward_nb(dlogits, logits, lse, targets, ignore_index, scale):
+    """Numba kernel for `layers.cross_entropy_backward`.
+
+    dlogits, logits: (N, V), lse: (N,), targets: (N,), scale = dout / n_valid (logits' dtype)
+    """
+    N, V = logits.shape
+    for i in prange(N):  # row i writes only dlogits[i]
+        t = targets[i]
+        if t == ignore_index:
+            for j in range(V):
+                dlogits[i, j] = 0
+            continue
+        # d loss_i / d logits_i = softmax(logits_i) - onehot(t); softmax recomputed from the lse
+        for j in range(V):
+            dlogits[i, j] = _exp(logits[i, j] - lse[i]) * scale
+        dlogits[i, t] -= scale
+
+
+def cross_entropy_forward(logits, targets, ignore_index=-100):
+    """logits: (..., V) float, targets: (...) int in [0, V) or == ignore_index
+    -> loss: scalar (0-d array of logits.dtype), cache = (logits2, lse, targets1, n_valid, ignore_index)
+    """
+    check_array("logits", logits, min_ndim=1, floating=True)
+    check_array("targets", targets, shape=logits.shape[:-1])
+    V = logits.shape[-1]
+    check_ids("targets", targets, V, allow=ignore_index)
+    logits2 = np.ascontiguousarray(logits.reshape(-1, V))  # (N, V)
+    t1 = np.ascontiguousarray(targets.reshape(-1), dtype=np.int64)  # (N,)
+    N = logits2.shape[0]
+    losses = np.empty(N, logits.dtype)
+    lse = np.empty(N, logits.dtype)
+    _run(_cross_entropy_forward_nb, logits2.size, losses, lse, logits2, t1, ignore_index)
+    n_valid = int(np.count_nonzero(t1 != ignore_index))
+    loss = losses.sum() / max(n_valid, 1)  # every target ignored: loss 0, not NaN
+    return np.asarray(loss, dtype=logits.dtype), (logits2, lse, t1, n_valid, ignore_index, logits.shape)
+
+
+def cross_entropy_backward(dout, cache):
+    """dout: scalar -> dlogits: (..., V)"""
+    logits2, lse, t1, n_valid, ignore_index, shape = cache
+    dlogits = np.empty_like(logits2)
+    scale = logits2.dtype.type(float(dout) / max(n_valid, 1))
+    _run(_cross_entropy_backward_nb, logits2.size, dlogits, logits2, lse, t1, ignore_index, scale)
+    return dlogits.reshape(shape)
+
+
+# ----------------------------------------------------------------------------- AdamW
+
+
+@_kernel
+def _adamw_update_nb(p, g, m, v, wd, lr, beta1, beta2, eps, bc1, bc2, decoupled):
+    """Numba kernel for `optim.adamw_update`, in place, one pass over the flat buffers.
+
+    p, g, m, v: (n,); wd: (n,) per-element weight decay or (1,) for one value for all;
+    bc1 = 1 - beta1^t, bc2 = 1 - beta2^t (bias corrections); scalars in p's dtype.
+    """
+    one = p.dtype.type(1.0)
+    per_element = wd.shape[0] > 1
+    for i in prange(p.shape[0]):  # element i writes only p[i], m[i], v[i]
+        pi, gi = p[i], g[i]
+        wdi = wd[i] if per_element else wd[0]
+        if decoupled:
+            pi -= lr * wdi * pi  # AdamW: decay the weight itself, outside the moments
+        else:
+            gi += wdi * pi  # Adam + L2: decay enters the gradient
+        mi = beta1 * m[i] + (one - beta1) * gi
+        vi = beta2 * v[i] + (one - beta2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] = pi - lr * (mi / bc1) / (math.sqrt(vi / bc2) + eps)
+
+
+def adamw_update(p, g, m, v, t, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=True):
+    """One in-place Adam/AdamW step, fused into one pass (see `optim.adamw_update`).
+
+    p, g, m, v: same shape and dtype, C-contiguous (updated in place, so no copies are made).
+    weight_decay: a scalar or an array broadcastable to p (e.g. a 0/1 decay mask).
+    """
+    if t < 1:
+        raise ValueError(f"t: expected the 1-based step number, got {t}")
+    check_same_dtype(p=p, g=g, m=m, v=v)
+    for name, a in (("g", g), ("m", m), ("v", v)):
+        check_array(name, a, shape=p.shape)
+    for name, a in (("p", p), ("m", m), ("v", v)):
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name}: expected a C-contiguous array (it is updated in place), got strides {a.strides}")
+    dt = p.dtype.type
+    if np.ndim(weight_decay) == 0:
+        wd = np.full(1, weight_decay, dtype=p.dtype)
+    else:
+        wd = np.ascontiguousarray(np.broadcast_to(np.asarray(weight_decay, dtype=p.dtype), p.shape)).reshape(-1)
+    _run(
+        _adamw_update_nb, p.size, p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1), v.reshape(-1), wd,
+        dt(lr), dt(beta1), dt(beta2), dt(eps), dt(1 - beta1**t), dt(1 - beta2**t), bool(decoupled),
+    )  # fmt: skip
+
+
+def num_threads():
+    """Threads Numba's prange uses (numba.set_num_threads changes it)."""
+    return numba.get_num_threads()

@@ -1,0 +1,334 @@
+"""Parity of every Numba kernel with its NumPy twin, forward and backward, float64 and float32.
+
+Tolerances (STYLE.md): float64 to 1e-12 relative to the tensor's scale; float32 with
+assert_allclose(rtol=1e-4, atol=1e-5). The kernels sum in a different order from NumPy (tiles,
+SIMD lanes, per-chunk partial sums), so bit-equality is not expected, only rounding-level
+agreement.
+
+Shapes cover T = 1, odd T, head size 1, sizes that are not multiples of the matmul's 4 x 4
+register tile, and (when compiled) sizes past its KC / NC cache blocks and the attention's
+R-row query blocks. Run with NUMBA_DISABLE_JIT=1 to execute the same kernels as plain Python
+(for coverage); the large-shape cases are skipped there to keep the run short.
+"""
+import math
+
+import numba
+import numpy as np
+import pytest
+
+from nanotransformer import attention as A
+from nanotransformer import kernels as K
+from nanotransformer import kernels_attention as KA
+from nanotransformer import layers as L
+from nanotransformer import optim as O
+
+JIT_OFF = bool(numba.config.DISABLE_JIT)
+big = pytest.mark.skipif(JIT_OFF, reason="large shape: too slow as plain Python (NUMBA_DISABLE_JIT=1)")
+
+DTYPES = [np.float64, np.float32]
+
+
+@pytest.fixture(params=["serial", "threaded"])
+def build(request, monkeypatch):
+    """Every kernel has a threaded build and a serial one for small calls (kernels._run picks by
+    size): run the small test shapes through each."""
+    monkeypatch.setattr(K, "SERIAL_BELOW", 1 << 62 if request.param == "serial" else 0)
+    return request.param
+
+
+def assert_parity(got, want, dtype, what=""):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
+    if dtype == np.float64:
+        scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * scale, err_msg=what)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=what)
+
+
+def _randn(rng, dtype, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+# ----------------------------------------------------------------------------- forward/backward pairs
+# name -> (numba fwd, numba bwd, numpy fwd, numpy bwd, builder(rng, dtype) -> (args, kwargs))
+
+
+def _linear(B, T, C_in, C_out, bias=True):
+    def build(rng, dt):
+        # w ~ N(0, 1/C_in) as in a real layer: outputs stay O(1) however long the sums are, so the
+        # float32 atol of 1e-5 is meaningful (with N(0, 1) weights an output near 0 is a
+        # cancellation of terms of size sqrt(C_in) and rounding alone exceeds it)
+        w = _randn(rng, dt, C_in, C_out, scale=1 / math.sqrt(C_in))
+        return (_randn(rng, dt, B, T, C_in), w, _randn(rng, dt, C_out) if bias else None), {}
+
+    return (K.linear_forward, K.linear_backward, L.linear_forward, L.linear_backward, build)
+
+
+def _layernorm(*shape):
+    def build(rng, dt):
+        C = shape[-1]
+        return (_randn(rng, dt, *shape, scale=3.0) + 1.0, _randn(rng, dt, C), _randn(rng, dt, C)), {}
+
+    return (K.layernorm_forward, K.layernorm_backward, L.layernorm_forward, L.layernorm_backward, build)
+
+
+def _gelu(*shape, scale=2.0):
+    def build(rng, dt):
+        return (_randn(rng, dt, *shape, scale=scale),), {}
+
+    return (K.gelu_forward, K.gelu_backward, L.gelu_forward, L.gelu_backward, build)
+
+
+def _cross_entropy(B, T, V, scale=3.0, ignore=1):
+    def build(rng, dt):
+        t = rng.integers(0, V, size=(B, T))
+        t.reshape(-1)[:ignore] = -100  # ignored targets
+        return (_randn(rng, dt, B, T, V, scale=scale), t), {}
+
+    return (K.cross_entropy_forward, K.cross_entropy_backward, L.cross_entropy_forward, L.cross_entropy_backward, build)
+
+
+def _attention(B, NH, Tq, Tk, hs, hv=None, causal=True):
+    def build(rng, dt):
+        q = _randn(rng, dt, B, NH, Tq, hs)
+        k = _randn(rng, dt, B, NH, Tk, hs)
+        v = _randn(rng, dt, B, NH, Tk, hv or hs)
+        return (q, k, v), {"causal": causal}
+
+    return (KA.attention_forward, KA.attention_backward, A.attention_forward, A.attention_backward, build)
+
+
+CASES = {
+    "linear_T1": _linear(2, 1, 8, 12),
+    "linear_odd": _linear(2, 5, 7, 9),  # neither size a multiple of the 4 x 4 tile
+    "linear_nobias": _linear(1, 3, 5, 6, bias=False),
+    "linear_1x1": _linear(1, 1, 1, 1),
+    "linear_many_rows": _linear(3, 5, 6, 10),  # 15 rows: the tiled path (fewer than 8 take _linear_rows_nb)
+    "linear_decode": _linear(1, 1, 16, 300),  # one row, more than one NC column block
+    "layernorm_T1": _layernorm(2, 1, 8),
+    "layernorm_odd": _layernorm(3, 5, 7),
+    "layernorm_C1": _layernorm(4, 1),  # one channel: var = 0, xhat = 0
+    "layernorm_many_rows": _layernorm(37, 9),  # more rows than the 16 partial-sum chunks
+    "gelu": _gelu(2, 5, 8),
+    "gelu_wide_range": _gelu(3, 101, scale=12.0),  # tanh saturates, exp(2u) overflows to inf
+    "gelu_T1": _gelu(1, 1, 3),
+    "cross_entropy": _cross_entropy(2, 5, 11),
+    "cross_entropy_T1": _cross_entropy(1, 1, 7, ignore=0),
+    "cross_entropy_extreme": _cross_entropy(2, 3, 5, scale=1e4),  # stable log-sum-exp
+    "cross_entropy_all_ignored": _cross_entropy(1, 3, 4, ignore=3),  # loss 0, gradient 0
+    "attention_T1": _attention(2, 2, 1, 1, 4),
+    "attention_odd": _attention(2, 3, 5, 5, 4),
+    "attention_hs1": _attention(1, 2, 7, 7, 1),
+    "attention_kvcache": _attention(2, 2, 3, 8, 4),  # Tq < Tk: queries are the last positions
+    "attention_decode": _attention(1, 2, 1, 9, 3),  # one new token against a cache
+    "attention_unmasked": _attention(2, 2, 6, 4, 3, hv=5, causal=False),
+    "attention_blocks": _attention(1, 2, 70, 70, 3),  # crosses the R = 64 query block
+}
+BIG_CASES = {
+    # past the matmul's KC = 512 and NC = 128 blocks and not a multiple of anything
+    "linear_blocked": _linear(1, 37, 600, 133),
+    "attention_T256": _attention(1, 2, 256, 256, 16),
+    "attention_kvcache_long": _attention(1, 1, 67, 200, 8),
+    "cross_entropy_bpe": _cross_entropy(2, 9, 4096),
+}
+
+
+def _run_pair(fwd, bwd, args, kwargs, rng, dtype):
+    out, cache = fwd(*args, **kwargs)
+    out = np.asarray(out)
+    dout = np.asarray(dtype(1.7)) if out.ndim == 0 else _randn(rng, dtype, *out.shape)
+    grads = bwd(dout if out.ndim else dout[()], cache)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    return out, grads
+
+
+def _check_case(name, cases, dtype):
+    kfwd, kbwd, rfwd, rbwd, build = cases[name]
+    args, kwargs = build(np.random.default_rng(0), dtype)
+    out_k, grads_k = _run_pair(kfwd, kbwd, args, kwargs, np.random.default_rng(1), dtype)
+    out_r, grads_r = _run_pair(rfwd, rbwd, args, kwargs, np.random.default_rng(1), dtype)
+    assert_parity(out_k, out_r, dtype, f"{name} forward")
+    assert len(grads_k) == len(grads_r)
+    for i, (gk, gr) in enumerate(zip(grads_k, grads_r)):
+        if gr is None:
+            assert gk is None, f"{name} gradient {i}: expected None"
+        else:
+            assert_parity(gk, gr, dtype, f"{name} gradient {i}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_parity(name, dtype, build):
+    _check_case(name, CASES, dtype)
+
+
+@big
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(BIG_CASES))
+def test_parity_big(name, dtype):
+    _check_case(name, BIG_CASES, dtype)
+
+
+# ----------------------------------------------------------------------------- AdamW
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "wd, decoupled",
+    [(0.0, True), (0.1, True), ("mask", True), (0.01, False)],
+    ids=["no_decay", "adamw", "adamw_mask", "adam_l2"],
+)
+def test_adamw_parity(wd, decoupled, dtype, rng, build):
+    n = 103
+    p, g, m = (_randn(rng, dtype, n) for _ in range(3))
+    v = np.abs(_randn(rng, dtype, n))
+    if isinstance(wd, str):
+        wd = (rng.random(n) < 0.5).astype(dtype) * dtype(0.1)  # a decay mask, as model.decay_mask
+    states = {"numba": [a.copy() for a in (p, m, v)], "numpy": [a.copy() for a in (p, m, v)]}
+    for t in (1, 2, 3):  # several steps: bias corrections change with t
+        K.adamw_update(*states["numba"][:1], g, *states["numba"][1:], t, 1e-2, 0.9, 0.95, 1e-8, wd, decoupled)
+        O.adamw_update(*states["numpy"][:1], g, *states["numpy"][1:], t, 1e-2, 0.9, 0.95, 1e-8, wd, decoupled)
+    for what, a, b in zip("pmv", states["numba"], states["numpy"]):
+        assert_parity(a, b, dtype, f"adamw {what}")
+
+
+def test_adamw_2d_param(rng):
+    """Any shape works (it is flattened); the update is in place."""
+    p = rng.standard_normal((4, 5))
+    g, m, v = rng.standard_normal((4, 5)), np.zeros((4, 5)), np.zeros((4, 5))
+    ref = [a.copy() for a in (p, m, v)]
+    K.adamw_update(p, g, m, v, 1, 1e-3, weight_decay=0.1)
+    O.adamw_update(ref[0], g, ref[1], ref[2], 1, 1e-3, weight_decay=0.1)
+    assert_parity(p, ref[0], np.float64, "p")
+
+
+# ----------------------------------------------------------------------------- matmul, exp, tanh
+
+
+@pytest.mark.parametrize("M, K_, N", [(1, 1, 1), (4, 4, 4), (5, 7, 3), (13, 9, 17)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul(M, K_, N, dtype, rng):
+    a, b = _randn(rng, dtype, M, K_), _randn(rng, dtype, K_, N)
+    assert_parity(K.matmul(a, b), a @ b, dtype, "matmul")
+
+
+@big
+def test_matmul_512(rng):
+    a, b = rng.standard_normal((512, 512)), rng.standard_normal((512, 515))
+    assert_parity(K.matmul(a, b), a @ b, np.float64, "matmul 512")
+
+
+def test_transpose(rng):
+    a = rng.standard_normal((37, 70))
+    np.testing.assert_array_equal(K.transpose(a), a.T)
+
+
+@numba.njit
+def _exp_tanh_f32(x):
+    e = np.empty_like(x)
+    t = np.empty_like(x)
+    for i in range(x.shape[0]):
+        e[i] = K._exp(x[i])
+        t[i] = K._tanh(x[i])
+    return e, t
+
+
+def test_float32_exp_tanh_accuracy():
+    """The vectorisable float32 exp/tanh (compiled) agree with float64 libm to float32 rounding."""
+    x = np.concatenate([np.linspace(-110, 95, 20001), [0.0, -0.0, 1e-30, -1e-30]]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        e, t = _exp_tanh_f32(x)
+        e_ref, t_ref = np.exp(x.astype(np.float64)), np.tanh(x.astype(np.float64))
+    finite = e_ref < np.finfo(np.float32).max
+    np.testing.assert_allclose(e[finite], e_ref[finite], rtol=3e-7, atol=1e-44)  # 1e-44: float32's denormal floor
+    assert np.all(np.isinf(e[~finite]))
+    np.testing.assert_allclose(t, t_ref, rtol=0, atol=2e-7)
+    e_special, t_special = _exp_tanh_f32(np.array([-np.inf, np.inf, np.nan], np.float32))
+    assert e_special[0] == 0 and e_special[1] == np.inf and np.isnan(e_special[2])
+    assert t_special[0] == -1 and t_special[1] == 1 and np.isnan(t_special[2])
+
+
+def test_nan_propagates(rng):
+    """fastmath without nnan: a NaN in the input shows up in the output, not as a number."""
+    x = _randn(rng, np.float32, 2, 5)
+    x[1, 2] = np.nan
+    assert np.isnan(K.gelu_forward(x)[0][1, 2])
+    loss, _ = K.cross_entropy_forward(x, np.array([0, 1]))
+    assert np.isnan(loss)
+
+
+# ----------------------------------------------------------------------------- wrappers
+
+
+def test_attention_padding_mask_falls_back_to_reference(rng):
+    q, k, v = (rng.standard_normal((2, 2, 4, 3)) for _ in range(3))
+    mask = np.zeros((2, 4), bool)
+    mask[0, 1] = True
+    out, cache = KA.attention_forward(q, k, v, key_padding_mask=mask)
+    assert cache[0] == "reference"
+    ref, ref_cache = A.attention_forward(q, k, v, key_padding_mask=mask)
+    np.testing.assert_array_equal(out, ref)
+    dout = rng.standard_normal(out.shape)
+    for a, b in zip(KA.attention_backward(dout, cache), A.attention_backward(dout, ref_cache)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_attention_non_contiguous_inputs(rng):
+    """The model hands split_heads views (transposed); the wrapper copies what it must."""
+    qkv = rng.standard_normal((2, 5, 3 * 8))
+    q, k, v = (A.split_heads(t, 2) for t in np.split(qkv, 3, axis=-1))
+    out, _ = KA.attention_forward(q, k, v, causal=True)
+    ref, _ = A.attention_forward(q, k, v, causal=True)
+    assert_parity(out, ref, np.float64, "attention on views")
+
+
+def test_linear_any_leading_dims(rng):
+    x, w, b = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((5, 6)), rng.standard_normal(6)
+    out, cache = K.linear_forward(x, w, b)
+    assert_parity(out, x @ w + b, np.float64, "linear 4-d")
+    dx, dw, db = K.linear_backward(np.ones_like(out), cache)
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
+
+
+@pytest.mark.parametrize(
+    "call, arg",
+    [
+        (lambda r: K.linear_forward(r.standard_normal((2, 3)), r.standard_normal((4, 5)), None), "x"),
+        (lambda r: K.linear_forward(r.standard_normal((2, 4)).astype(np.float32), r.standard_normal((4, 5)), None), "w"),
+        (lambda r: K.layernorm_forward(r.standard_normal((2, 4)), r.standard_normal(3), r.standard_normal(4)), "w"),
+        (lambda r: K.gelu_forward(np.arange(4)), "x"),
+        (lambda r: K.cross_entropy_forward(r.standard_normal((2, 4)), np.array([0, 4])), "targets"),
+        (lambda r: K.cross_entropy_forward(r.standard_normal((2, 4)), np.array([0])), "targets"),
+        (lambda r: KA.attention_forward(*(r.standard_normal((1, 1, 3, 2)) for _ in range(2)), r.standard_normal((1, 1, 4, 2))), "v"),
+        (lambda r: KA.attention_forward(r.standard_normal((1, 1, 3, 2)), *(r.standard_normal((1, 1, 2, 2)) for _ in range(2)), causal=True), "q"),
+        (lambda r: K.adamw_update(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(3), 0, 1e-3), "t"),
+        (lambda r: K.adamw_update(np.zeros(3), np.zeros(4), np.zeros(3), np.zeros(3), 1, 1e-3), "g"),
+        (lambda r: K.adamw_update(np.zeros((3, 2)).T, np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((2, 3)), 1, 1e-3), "p"),
+    ],
+    ids=["linear_shape", "linear_dtype", "layernorm_w", "gelu_int", "ce_range", "ce_shape", "att_v", "att_causal", "adamw_t", "adamw_g", "adamw_strided"],
+)
+def test_wrappers_validate(call, arg, rng):
+    """Wrappers validate (kernels never do): one ValueError naming the argument."""
+    with pytest.raises(ValueError, match=rf"^{arg}:"):
+        call(rng)
+
+
+def test_kernels_are_cached_and_use_one_fastmath_set():
+    """STYLE: one FASTMATH constant, never nnan/ninf; every kernel is cache=True."""
+    assert not {"nnan", "ninf", "fast"} & set(K.FASTMATH)
+    kernels = [getattr(mod, n) for mod in (K, KA) for n in dir(mod) if n.startswith("_") and n.endswith("_nb")]
+    assert len(kernels) >= 10
+    if not JIT_OFF:
+        for kern in kernels + [k.serial for k in kernels if hasattr(k, "serial")]:
+            assert type(kern._cache).__name__ == "FunctionCache", f"{kern.py_func.__name__}: not cache=True"
+            assert kern.targetoptions["fastmath"] == K.FASTMATH, kern
+
+
+def test_lse_cache_is_small(rng):
+    """The fused attention keeps the row log-sum-exp, not a Tq x Tk matrix."""
+    q = rng.standard_normal((2, 3, 16, 4))
+    _, cache = KA.attention_forward(q, q, q, causal=True)
+    sizes = [a.size for a in cache if isinstance(a, np.ndarray)]
+    assert max(sizes) <= q.size and math.prod((2, 3, 16)) in sizes

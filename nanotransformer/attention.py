@@ -37,12 +37,8 @@ def _allowed(Tq, Tk, causal, key_padding_mask, lead_ndim):
     return allowed
 
 
-def attention_forward(q, k, v, causal=False, key_padding_mask=None):
-    """q: (B, ..., Tq, hs), k: (B, ..., Tk, hs), v: (B, ..., Tk, hv) -> out: (B, ..., Tq, hv), cache
-
-    key_padding_mask: (B, Tk) bool or None. cache = (q, k, v, att, scale); att: (B, ..., Tq, Tk)
-    holds the attention weights (handy for plotting attention maps).
-    """
+def check_qkv(q, k, v, causal):
+    """Validate attention inputs (shared by the NumPy reference and the Numba wrapper) -> (Tq, Tk)."""
     check_same_dtype(q=q, k=k, v=v)
     check_array("q", q, min_ndim=2)
     check_array("k", k, shape=q.shape[:-2] + (None, q.shape[-1]))
@@ -50,6 +46,16 @@ def attention_forward(q, k, v, causal=False, key_padding_mask=None):
     Tq, Tk = q.shape[-2], k.shape[-2]
     if causal and Tq > Tk:
         raise ValueError(f"q: expected at most Tk={Tk} queries with causal=True, got Tq={Tq}")
+    return Tq, Tk
+
+
+def attention_forward(q, k, v, causal=False, key_padding_mask=None):
+    """q: (B, ..., Tq, hs), k: (B, ..., Tk, hs), v: (B, ..., Tk, hv) -> out: (B, ..., Tq, hv), cache
+
+    key_padding_mask: (B, Tk) bool or None. cache = (q, k, v, att, scale); att: (B, ..., Tq, Tk)
+    holds the attention weights (handy for plotting attention maps).
+    """
+    Tq, Tk = check_qkv(q, k, v, causal)
     if key_padding_mask is not None:
         check_array("key_padding_mask", key_padding_mask, shape=(q.shape[0], Tk))
         if key_padding_mask.dtype != np.bool_:

@@ -38,7 +38,6 @@ from . import attention as reference
 # Numba's on-disk cache is invalidated by edits to *this* file only: after changing a helper
 # imported here (say _gemm_nt), delete nanotransformer/__pycache__/kernels_attention*.nb[ic].
 from .kernels import JIT, _exp, _gemm_nt, _kernel, _row_max, _run, _transpose_block
-from .validation import check_array, check_same_dtype
 
 
 # Query rows per block. Each block's products are small matmuls with R rows, or with an R-long
@@ -159,13 +158,7 @@ def attention_forward(q, k, v, causal=False, key_padding_mask=None):
     runs instead (the fused kernel handles the causal and unmasked cases only).
     cache = ("fused", q3, k3, v3, out3, lse, causal, scale) or ("reference", reference cache)
     """
-    check_same_dtype(q=q, k=k, v=v)
-    check_array("q", q, min_ndim=2)
-    check_array("k", k, shape=q.shape[:-2] + (None, q.shape[-1]))
-    check_array("v", v, shape=k.shape[:-1] + (None,))
-    Tq, Tk = q.shape[-2], k.shape[-2]
-    if causal and Tq > Tk:
-        raise ValueError(f"q: expected at most Tk={Tk} queries with causal=True, got Tq={Tq}")
+    Tq, Tk = reference.check_qkv(q, k, v, causal)
     if key_padding_mask is not None:
         out, cache = reference.attention_forward(q, k, v, causal, key_padding_mask)
         return out, ("reference", cache)

@@ -35,7 +35,8 @@ import types as types_
 import numba
 import numpy as np
 from numba import njit, prange, types
-from numba.extending import overload
+from llvmlite import ir
+from numba.extending import intrinsic, overload
 
 from .validation import check_array, check_ids, check_same_dtype
 
@@ -84,9 +85,6 @@ def _run(kernel, work, *args):
 
 # ----------------------------------------------------------------------------- exp, tanh
 
-_POW2_F32 = (2.0 ** np.arange(-153, 128)).astype(np.float32)  # 2^n for n in [-153, 127]; below -149 it is 0
-
-
 def _exp(x):
     """exp(x) for a scalar. In Python (NUMBA_DISABLE_JIT=1) it is math.exp; compiled, see below."""
     return math.exp(x)
@@ -97,17 +95,41 @@ def _tanh(x):
     return math.tanh(x)
 
 
-@njit(**JIT)
+@intrinsic
+def _pow2_f32(typingctx, k):
+    """2.0^k as a float32, for a float32 k holding a whole number in [-126, 127], built from its
+    bits: the exponent field is k + 127 and the mantissa 0. A conversion, an add, a shift and a
+    bitcast, all on 32-bit lanes, which LLVM vectorises; a table of powers of two would need a
+    SIMD gather per lookup instead (and Numba would do integer arithmetic on int32 in int64)."""
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        bits = builder.shl(builder.add(builder.fptosi(args[0], i32), ir.Constant(i32, 127)), ir.Constant(i32, 23))
+        return builder.bitcast(bits, ir.FloatType())
+
+    return types.float32(types.float32), codegen
+
+
+# The float32 exp below is compiled without `reassoc`: it relies on the order of its float
+# operations (the Cody-Waite split of ln 2, and 2^n applied as two factors that overflow only in
+# the right order). Its flags stay on its instructions when LLVM inlines it into a kernel.
+_JIT_ORDERED = dict(JIT, fastmath=FASTMATH - {"reassoc"})
+
+
+@njit(**_JIT_ORDERED)
 def _exp_f32(x):
     # exp(x) = 2^n * exp(r), n = round(x / ln 2), |r| <= ln2 / 2 (Cody-Waite: ln 2 split into a
     # short high part, exact in n * hi, and a low correction). exp(r) by its Taylor series to
-    # r^6 (error < 2e-7 relative, float32's own rounding), 2^n from a table: plain arithmetic and
-    # one table gather, all of which LLVM turns into SIMD. The result is (2 p) * 2^(n-1) so that
-    # n = 128 (x just below float32's overflow at 88.72) still uses a finite table entry.
+    # r^6 (error < 3e-7 relative, about float32's own rounding), 2^n from its bits: plain
+    # float32 arithmetic, which LLVM turns into SIMD. Every constant is a float32 and n comes
+    # from np.floor (a float32), not math.floor (a Python int, which would turn the whole
+    # polynomial into float64: 4x slower). The result is (2 p) * 2^(n-1), and 2^(n-1) is
+    # 2^h * 2^(n-1-h) with h = (n-1) // 2, so each factor is a normal float32 from n = -150
+    # (exp(-104): below the smallest denormal, 0) to n = 128 (x just below the overflow at 88.72).
     if x != x:  # NaN in, NaN out (the clamp below would otherwise turn it into a number)
         return x
-    x = min(max(x, np.float32(-103.0)), np.float32(88.8))  # exp(-103) = 0 and exp(88.8) = inf in float32
-    n = math.floor(x * np.float32(1.44269504) + np.float32(0.5))
+    x = min(max(x, np.float32(-104.0)), np.float32(88.8))  # exp(-104) = 0 and exp(88.8) = inf in float32
+    n = np.floor(x * np.float32(1.44269504) + np.float32(0.5))
     r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
     p = np.float32(1 / 720)
     p = p * r + np.float32(1 / 120)
@@ -116,7 +138,9 @@ def _exp_f32(x):
     p = p * r + np.float32(0.5)
     p = p * r + np.float32(1.0)
     p = p * r + np.float32(1.0)
-    return (p + p) * _POW2_F32[int(n) - 1 + 153]
+    e = n - np.float32(1.0)
+    h = np.floor(e * np.float32(0.5))
+    return (p + p) * _pow2_f32(h) * _pow2_f32(e - h)
 
 
 @njit(**JIT)

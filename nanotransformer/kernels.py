@@ -36,6 +36,7 @@ import numba
 import numpy as np
 from numba import njit, prange, types
 from llvmlite import ir
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .validation import check_array, check_ids, check_same_dtype
@@ -185,111 +186,138 @@ def _row_max(row, n):
 
 # ----------------------------------------------------------------------------- matmul (linear)
 #
-# out = a @ b_t.T, with both operands stored so that the reduction axis k is the contiguous
-# one: out[i, j] = dot(a[i, :], b_t[j, :]). Three levels of blocking, from the inside out:
+# out = A @ b, b stored (K, N) row-major, A either a (M, K) array or the transpose of a (K, M) one
+# (`a_t`), so that x @ w, dout @ w.T (w transposed once) and x.T @ dout (dW) need no copy of the
+# big operand. Three levels of blocking, from the inside out:
 #
-# 1. Register tile (MR x NR = 4 x 4): 16 running sums live in registers for a whole stretch of k.
-#    Each step loads 4 values of a and 4 of b_t and does 16 multiply-adds, so the tile does
-#    twice as much arithmetic as loading; a plain dot product does one multiply-add per two
-#    loads and waits on memory. LLVM vectorises the k loop (fastmath `reassoc` lets it split each
-#    sum into SIMD lanes).
-# 2. Cache blocks (KC x NC): a (NC x KC) block of b_t (256 KB) stays in L2 while every 4-row
-#    tile of a slab of a sweeps over it, and the tile's own 4 x KC strip of a stays in L1.
-#    Without the NC block, a wide output (V = 4096 columns) streams all of b_t from L3 once per
-#    4 rows; without KC, a long reduction (k = B * T = 2048) does the same.
-# 3. Threads: `prange` over slabs of MC rows of `out`; each thread writes only its own rows.
+# 1. Register tile (MR x NR = 4 x 32): the 128 running sums of a 4-row, 32-column block of out
+#    live in registers (8 AVX-512 or 16 AVX2 registers in float32) for a whole stretch of k. Each
+#    step of k loads one 32-wide row of b (SIMD loads) and 4 numbers of A (broadcasts), and does
+#    128 multiply-adds: the "outer-product" form of a GEMM micro-kernel (BLIS, OpenBLAS). There
+#    are no horizontal sums, so a short k (64, the head size) costs nothing extra.
+#    How the sums stay in registers: they are a (4, 32) array on the stack (`_acc_tile`), indexed
+#    only by loop counters with constant bounds; LLVM unrolls those loops, replaces the array by
+#    scalars and packs the scalars into SIMD registers. Two details matter, measured: the four
+#    rows are written out (x0..x3, not a loop over rows), and b is read through a row view
+#    `b[k, j:j+NR]` indexed from 0 (Numba wraps negative indices, and an index it cannot prove
+#    non-negative, like j + c, turns SIMD loads into gathers: 10x slower).
+# 2. Cache blocks: a k-block of KC rows of b's 32-column strip (KC x 32 x 4 B = 32 KB) stays in
+#    L1 while the 4-row tiles of a task's rows sweep over it.
+# 3. Threads: `prange` over tasks of (MC rows) x (NC columns) of out; each writes only its own
+#    block. Column blocks give a one-row product (decoding a token) its parallelism too.
 
-MR, NR = 4, 4  # register tile: rows of a x rows of b_t per inner loop
-KC = 512  # k block: a tile's strip of a is 4 x 512 x 4 B = 8 KB (L1 is 48 KB)
-NC = 128  # column block: b_t's block is 128 x 512 x 4 B = 256 KB (L2 is 2 MB)
-MC = 32  # rows per parallel task
-ROWS_BELOW = 8  # linear_forward with fewer rows than this skips the tiles (see _linear_rows_nb)
+MR, NR = 4, 32  # register tile: rows x columns of out per micro-kernel call
+KC = 256  # k block
+MC, NC = 64, 128  # rows x columns of out per parallel task
 
 
-@njit(**JIT)
-def _matmul_tile_nb(out, a, b_t, i, j, k0, k1, add):
-    """out[i:i+4, j:j+4] (+)= a[i:i+4, k0:k1] @ b_t[j:j+4, k0:k1].T with 16 sums in registers
-    (`add`: accumulate into out, else overwrite it)."""
-    # Row views indexed from 0: Numba wraps negative indices, so an index that might be negative
-    # (k in range(k0, k1)) costs a select per load and turns SIMD loads into gathers (4x slower).
-    a0, a1, a2, a3 = a[i, k0:k1], a[i + 1, k0:k1], a[i + 2, k0:k1], a[i + 3, k0:k1]
-    b0, b1, b2, b3 = b_t[j, k0:k1], b_t[j + 1, k0:k1], b_t[j + 2, k0:k1], b_t[j + 3, k0:k1]
-    z = a.dtype.type(0)
-    c00 = c01 = c02 = c03 = z
-    c10 = c11 = c12 = c13 = z
-    c20 = c21 = c22 = c23 = z
-    c30 = c31 = c32 = c33 = z
-    for k in range(k1 - k0):
-        x0 = a0[k]; x1 = a1[k]; x2 = a2[k]; x3 = a3[k]  # noqa: E702
-        y0 = b0[k]; y1 = b1[k]; y2 = b2[k]; y3 = b3[k]  # noqa: E702
-        c00 += x0 * y0; c01 += x0 * y1; c02 += x0 * y2; c03 += x0 * y3  # noqa: E702
-        c10 += x1 * y0; c11 += x1 * y1; c12 += x1 * y2; c13 += x1 * y3  # noqa: E702
-        c20 += x2 * y0; c21 += x2 * y1; c22 += x2 * y2; c23 += x2 * y3  # noqa: E702
-        c30 += x3 * y0; c31 += x3 * y1; c32 += x3 * y2; c33 += x3 * y3  # noqa: E702
-    if add:
-        c00 += out[i, j]; c01 += out[i, j + 1]; c02 += out[i, j + 2]; c03 += out[i, j + 3]  # noqa: E702
-        c10 += out[i + 1, j]; c11 += out[i + 1, j + 1]; c12 += out[i + 1, j + 2]; c13 += out[i + 1, j + 3]  # noqa: E702
-        c20 += out[i + 2, j]; c21 += out[i + 2, j + 1]; c22 += out[i + 2, j + 2]; c23 += out[i + 2, j + 3]  # noqa: E702
-        c30 += out[i + 3, j]; c31 += out[i + 3, j + 1]; c32 += out[i + 3, j + 2]; c33 += out[i + 3, j + 3]  # noqa: E702
-    out[i, j] = c00; out[i, j + 1] = c01; out[i, j + 2] = c02; out[i, j + 3] = c03  # noqa: E702
-    out[i + 1, j] = c10; out[i + 1, j + 1] = c11; out[i + 1, j + 2] = c12; out[i + 1, j + 3] = c13  # noqa: E702
-    out[i + 2, j] = c20; out[i + 2, j + 1] = c21; out[i + 2, j + 2] = c22; out[i + 2, j + 3] = c23  # noqa: E702
-    out[i + 3, j] = c30; out[i + 3, j + 1] = c31; out[i + 3, j + 2] = c32; out[i + 3, j + 3] = c33  # noqa: E702
+@intrinsic
+def _stack_alloc(typingctx, x):
+    """A pointer to MR * NR uninitialised numbers of x's type on the stack (an LLVM alloca)."""
+
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(x), size=context.get_constant(types.intp, MR * NR))
+
+    return types.CPointer(x)(x), codegen
+
+
+def _acc_tile(x):
+    """A (MR, NR) scratch array of x's dtype. In Python (NUMBA_DISABLE_JIT=1) a NumPy array;
+    compiled, a view of stack memory (see _acc_tile_impl), which LLVM can keep in registers."""
+    return np.empty((MR, NR), dtype=np.asarray(x).dtype)
+
+
+@overload(_acc_tile, jit_options=dict(fastmath=FASTMATH, error_model="numpy"))
+def _acc_tile_impl(x):
+    return lambda x: numba.carray(_stack_alloc(x), (MR, NR))
 
 
 @njit(**JIT)
-def _gemm_nt(out, a, b_t, m, n, kk, add):
-    """out[:m, :n] (+)= a[:m, :kk] @ b_t[:n, :kk].T, serially: the blocked product every matmul
-    here (linear and attention) is built from. `add`: accumulate into out, else overwrite it.
-    Sizes are explicit so scratch buffers may be larger than one call uses.
+def _tile_nb(out, a, b, i, j, k0, k1, add, a_t):
+    """out[i:i+4, j:j+NR] (+)= A[i:i+4, k0:k1] @ b[k0:k1, j:j+NR], A = a.T if a_t else a, with the
+    4 x NR sums in registers (see the section comment). `add`: accumulate into out."""
+    acc = _acc_tile(out[i, j])
+    for r in range(MR):
+        for c in range(NR):
+            acc[r, c] = 0
+    for k in range(k0, k1):
+        if a_t:
+            ak = a[k, i : i + MR]
+            x0, x1, x2, x3 = ak[0], ak[1], ak[2], ak[3]
+        else:
+            x0, x1, x2, x3 = a[i, k], a[i + 1, k], a[i + 2, k], a[i + 3, k]
+        bk = b[k, j : j + NR]
+        for c in range(NR):
+            y = bk[c]
+            acc[0, c] += x0 * y
+            acc[1, c] += x1 * y
+            acc[2, c] += x2 * y
+            acc[3, c] += x3 * y
+    for r in range(MR):
+        o = out[i + r, j : j + NR]
+        for c in range(NR):
+            o[c] = o[c] + acc[r, c] if add else acc[r, c]
 
-    out: (>= m, >= n), a: (>= m, >= kk), b_t: (>= n, >= kk), all C-contiguous.
+
+@njit(**JIT)
+def _rows_nb(out, a, b, i0, i1, j0, j1, k0, k1, add, a_t):
+    """out[i0:i1, j0:j1] (+)= A[i0:i1, k0:k1] @ b[k0:k1, j0:j1] one row at a time (SIMD along the
+    row of b): the edges that do not fill a register tile, and one-row products."""
+    for i in range(i0, i1):
+        o = out[i, j0:j1]
+        if not add:
+            o[:] = 0
+        for k in range(k0, k1):
+            x = a[k, i] if a_t else a[i, k]
+            bk = b[k, j0:j1]
+            for c in range(j1 - j0):
+                o[c] += x * bk[c]
+
+
+@njit(**JIT)
+def _gemm_nb(out, a, b, i0, i1, j0, j1, kk, add, a_t):
+    """out[i0:i1, j0:j1] (+)= A[i0:i1, :kk] @ b[:kk, j0:j1], A = a.T if a_t else a, serially: the
+    blocked product every matmul here (linear and attention) is built from. Indices are absolute
+    so that b and out keep their C-contiguous rows (a sliced view would not).
+
+    out: (>= i1, >= j1), a: (>= i1, >= kk) or, if a_t, (>= kk, >= i1), b: (>= kk, >= j1).
     """
+    i_full = i0 + (i1 - i0) // MR * MR  # rows [i0, i_full) fill whole tiles
+    j_full = j0 + (j1 - j0) // NR * NR
     for k0 in range(0, max(kk, 1), KC):  # (kk = 0 still runs once, to write the zeros)
         k1 = min(k0 + KC, kk)
         acc = add or k0 > 0  # later k blocks add to what the first one wrote
-        for j0 in range(0, n, NC):  # the (NC x KC) block of b_t is reused by every row tile
-            j1 = min(j0 + NC, n)
-            for i in range(0, m - MR + 1, MR):  # full 4-row tiles
-                j = j0
-                while j + NR <= j1:
-                    _matmul_tile_nb(out, a, b_t, i, j, k0, k1, acc)
-                    j += NR
-                for i2 in range(i, i + MR):  # the last < 4 columns: one dot product each
-                    for j2 in range(j, j1):
-                        out[i2, j2] = (out[i2, j2] if acc else 0) + _dot(a, b_t, i2, j2, k0, k1)
-            for i2 in range(m - m % MR, m):  # the last < 4 rows
-                for j2 in range(j0, j1):
-                    out[i2, j2] = (out[i2, j2] if acc else 0) + _dot(a, b_t, i2, j2, k0, k1)
-
-
-@njit(**JIT)
-def _dot(a, b_t, i, j, k0, k1):
-    """a[i, k0:k1] . b_t[j, k0:k1]"""
-    x, y = a[i, k0:k1], b_t[j, k0:k1]  # views from 0: see _matmul_tile_nb
-    s = a.dtype.type(0)
-    for k in range(k1 - k0):
-        s += x[k] * y[k]
-    return s
+        for j in range(j0, j_full, NR):  # b's (KC x NR) strip is reused by every row tile
+            for i in range(i0, i_full, MR):
+                _tile_nb(out, a, b, i, j, k0, k1, acc, a_t)
+        if j_full < j1:  # the last < NR columns
+            _rows_nb(out, a, b, i0, i_full, j_full, j1, k0, k1, acc, a_t)
+        _rows_nb(out, a, b, i_full, i1, j0, j1, k0, k1, acc, a_t)  # the last < MR rows
 
 
 @_kernel
-def _matmul_nt_nb(out, a, b_t, bias):
+def _matmul_nb(out, a, b, bias, a_t):
     """Numba kernel for `layers.linear_forward`'s `x @ w + b` (and both products of
-    `layers.linear_backward`): out = a @ b_t.T + bias.
+    `layers.linear_backward`): out = A @ b + bias, A = a.T if a_t else a.
 
-    out: (M, N), a: (M, K), b_t: (N, K), bias: (N,) or (0,) for none. All C-contiguous.
+    out: (M, N), a: (M, K) or, if a_t, (K, M), b: (K, N), bias: (N,) or (0,) for none.
+    All C-contiguous.
     """
-    M, K = a.shape
-    N = b_t.shape[0]
-    for t in prange((M + MC - 1) // MC):  # row slab t owns out[MC*t : MC*(t+1)]: no overlap
-        i0 = t * MC
+    M, N = out.shape
+    K = b.shape[0]
+    n_j = (N + NC - 1) // NC
+    for t in prange(((M + MC - 1) // MC) * n_j):  # task t owns one (MC x NC) block of out
+        i0 = (t // n_j) * MC
+        j0 = (t % n_j) * NC
         i1 = min(i0 + MC, M)
-        _gemm_nt(out[i0:i1], a[i0:i1], b_t, i1 - i0, N, K, False)
+        j1 = min(j0 + NC, N)
+        _gemm_nb(out, a, b, i0, i1, j0, j1, K, False, a_t)
         if bias.shape[0] > 0:
             for i in range(i0, i1):
-                for j in range(N):
-                    out[i, j] += bias[j]
+                o = out[i, j0:j1]
+                bb = bias[j0:j1]
+                for j in range(j1 - j0):
+                    o[j] += bb[j]
 
 
 @njit(**JIT)
@@ -300,30 +328,6 @@ def _transpose_block(out, a, m, n):
             row = out[j]
             for i in range(i0, min(i0 + TB, m)):
                 row[i] = a[i, j]
-
-
-@_kernel
-def _linear_rows_nb(out, x, w, bias):
-    """Numba kernel for `layers.linear_forward` when x has only a few rows (decoding a token):
-    out[i] = bias + sum_k x[i, k] * w[k], reading w once, row by row, as stored (C_in, C_out),
-    instead of transposing it for the tiled kernel (which would cost as much as the product).
-
-    out: (M, C_out), x: (M, C_in), w: (C_in, C_out), bias: (C_out,) or (0,). C-contiguous.
-    """
-    M, C_in = x.shape
-    C_out = w.shape[1]
-    for t in prange((C_out + NC - 1) // NC):  # column block t owns out[:, NC*t : NC*(t+1)]
-        j0 = t * NC
-        j1 = min(j0 + NC, C_out)
-        for i in range(M):
-            o = out[i, j0:j1]
-            for j in range(j1 - j0):
-                o[j] = bias[j0 + j] if bias.shape[0] > 0 else 0
-            for k in range(C_in):
-                xk = x[i, k]
-                wk = w[k, j0:j1]
-                for j in range(j1 - j0):  # contiguous in w and out: SIMD
-                    o[j] += xk * wk[j]
 
 
 TB = 32  # transpose tile: 32 x 32 floats = 4 KB read and written while in L1
@@ -346,15 +350,22 @@ def _transpose_nb(out, a):
                     out[j, i] = a[i, j]
 
 
+def _matmul(a, b, bias=None, a_t=False):
+    """A @ b (+ bias) with the Numba kernel, A = a.T if a_t else a; C-contiguous copies as needed."""
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    M = a.shape[1] if a_t else a.shape[0]
+    out = np.empty((M, b.shape[1]), dtype=a.dtype)
+    bias = np.empty(0, a.dtype) if bias is None else np.ascontiguousarray(bias)
+    _run(_matmul_nb, out.size * b.shape[0], out, a, b, bias, bool(a_t))
+    return out
+
+
 def matmul(a, b):
     """a: (M, K) @ b: (K, N) -> (M, N) with the tiled Numba kernel (for benchmarks and tests)."""
     check_same_dtype(a=a, b=b)
     check_array("a", a, ndim=2)
     check_array("b", b, shape=(a.shape[1], None))
-    a = np.ascontiguousarray(a)
-    out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
-    _run(_matmul_nt_nb, a.size * b.shape[1], out, a, transpose(b), np.empty(0, a.dtype))
-    return out
+    return _matmul(a, b)
 
 
 def transpose(a):
@@ -375,12 +386,7 @@ def linear_forward(x, w, b=None):
     if b is not None:
         check_array("b", b, shape=(w.shape[1],))
     x2 = np.ascontiguousarray(x.reshape(-1, w.shape[0]))  # (N, C_in)
-    out = np.empty((x2.shape[0], w.shape[1]), dtype=x.dtype)  # (N, C_out)
-    bias = np.empty(0, x.dtype) if b is None else np.ascontiguousarray(b)
-    if x2.shape[0] < ROWS_BELOW:
-        _run(_linear_rows_nb, out.size * w.shape[0], out, x2, np.ascontiguousarray(w), bias)
-    else:
-        _run(_matmul_nt_nb, out.size * w.shape[0], out, x2, transpose(w), bias)  # w.T: (C_out, C_in), k = C_in contiguous
+    out = _matmul(x2, w, b)  # (N, C_out); w as stored: (C_in, C_out) is already (K, N)
     return out.reshape(x.shape[:-1] + (w.shape[1],)), (x2, w, b is not None, x.shape[:-1])
 
 
@@ -389,15 +395,11 @@ def linear_backward(dout, cache):
     x2, w, has_bias, lead = cache
     C_in, C_out = w.shape
     d2 = np.ascontiguousarray(dout.reshape(-1, C_out))  # (N, C_out)
-    none = np.empty(0, x2.dtype)
-    # forward was: out = x @ w + b  ->  dx = dout @ w.T: k = C_out, already contiguous in w's rows
-    dx = np.empty((d2.shape[0], C_in), dtype=x2.dtype)
-    _run(_matmul_nt_nb, dx.size * C_out, dx, d2, np.ascontiguousarray(w), none)
-    # dw = x.T @ dout: k = N, so both operands are transposed to make N the contiguous axis
-    d_t = transpose(d2)  # (C_out, N)
-    dw = np.empty((C_in, C_out), dtype=x2.dtype)
-    _run(_matmul_nt_nb, dw.size * d2.shape[0], dw, transpose(x2), d_t, none)
-    db = d_t.sum(axis=1) if has_bias else None  # db = sum over rows of dout = row sums of dout.T
+    # forward was: out = x @ w + b  ->  dx = dout @ w.T (w.T copied: C_out x C_in, small),
+    # dw = x.T @ dout (x read transposed in place), db = sum of dout's rows
+    dx = _matmul(d2, transpose(w))
+    dw = _matmul(x2, d2, a_t=True)
+    db = d2.sum(axis=0) if has_bias else None
     return dx.reshape(lead + (C_in,)), dw, db
 
 

@@ -36,15 +36,11 @@ from numba import njit, prange
 
 from . import attention as reference
 # Numba's on-disk cache is invalidated by edits to *this* file only: after changing a helper
-# imported here (say _gemm_nt), delete nanotransformer/__pycache__/kernels_attention*.nb[ic].
-from .kernels import JIT, _exp, _gemm_nt, _kernel, _row_max, _run, _transpose_block
+# imported here (say _gemm_nb), delete nanotransformer/__pycache__/kernels_attention*.nb[ic].
+from .kernels import JIT, MR, NR, _exp, _gemm_nb, _kernel, _row_max, _run, _transpose_block
 
-
-# Query rows per block. Each block's products are small matmuls with R rows, or with an R-long
-# reduction (dK = dS^T Q and dV = P^T dO sum over the block's queries); a causal block also
-# computes up to R - 1 masked columns per row, about R / T extra work. Measured (bench_kernels,
-# T = 64..256): R = 64 beats 16 and 32 everywhere, even at T = 64 where it doubles the work
-# (short reductions cost more than the waste), and ties with 128.
+# Query rows per block. dK = dS^T Q and dV = P^T dO sum over the block's rows, so a longer block
+# means fewer passes over dK and dV; the scratch P and dS blocks are R x Tk each.
 R = 64
 
 
@@ -52,6 +48,29 @@ R = 64
 def _n_visible(i, offset, Tk, causal):
     """Number of keys query row i may attend to (keys 0 .. n-1)."""
     return min(i + offset + 1, Tk) if causal else Tk
+
+
+@njit(**JIT)
+def _n_computed(i, offset, Tk, causal):
+    """Columns of scores computed for the row tile whose last row is i: the keys row i sees,
+    rounded up to whole NR-column register tiles (a partial tile costs more than the masked
+    columns it would skip; they are set to 0 afterwards)."""
+    return min((_n_visible(i, offset, Tk, causal) + NR - 1) // NR * NR, Tk)
+
+
+@njit(**JIT)
+def _scores(s, q, k_t, i0, m, offset, Tk, causal):
+    """s[:m, :n] = Q_blk @ K^T for the block's rows i0 .. i0+m-1, tile row by tile row, each only
+    as wide as its last row can see (the causal triangle, to NR columns). Returns n, the
+    widest row's width."""
+    hs = q.shape[1]
+    n_hi = 0
+    for g in range(0, m, MR):
+        g1 = min(g + MR, m)
+        n_g = _n_computed(i0 + g1 - 1, offset, Tk, causal)
+        _gemm_nb(s, q[i0:], k_t, g, g1, 0, n_g, hs, False, False)
+        n_hi = n_g
+    return n_hi
 
 
 @_kernel
@@ -66,16 +85,17 @@ def _attention_forward_nb(out, lse, q, k, v, causal, scale, R):
     offset = Tk - Tq  # query i sits at absolute position i + offset
     zero = q.dtype.type(0)
     for bh in prange(BH):  # (batch, head) bh writes only out[bh] and lse[bh]
-        v_t = np.empty((hv, Tk), dtype=q.dtype)  # V^T, so that P @ V reduces along contiguous rows
-        _transpose_block(v_t, v[bh], Tk, hv)
+        k_t = np.empty((hs, Tk), dtype=q.dtype)  # K^T, so that S = Q K^T reads rows of K^T
+        _transpose_block(k_t, k[bh], Tk, hs)
         s = np.empty((R, Tk), dtype=q.dtype)  # scores, then probabilities, of R query rows
         for i0 in range(0, Tq, R):
             m = min(R, Tq - i0)  # rows in this block
-            n_hi = _n_visible(i0 + m - 1, offset, Tk, causal)  # keys the block's last row sees
             # S = Q_blk @ K^T (raw dot products; the scale is applied in the softmax)
-            _gemm_nt(s, q[bh, i0:], k[bh], m, n_hi, hs, False)
+            _scores(s, q[bh], k_t, i0, m, offset, Tk, causal)
             for r in range(m):
                 n = _n_visible(i0 + r, offset, Tk, causal)
+                g1 = min(r - r % MR + MR, m)  # end of row r's tile row: its scores are n_c wide
+                n_c = _n_computed(i0 + g1 - 1, offset, Tk, causal)
                 row = s[r]
                 mx = _row_max(row, n) * scale  # scale > 0, so max(scale * s) = scale * max(s)
                 l = zero
@@ -87,10 +107,13 @@ def _attention_forward_nb(out, lse, q, k, v, causal, scale, R):
                 inv = 1 / l
                 for j in range(n):
                     row[j] *= inv
-                for j in range(n, n_hi):  # masked (j beyond what row r may see): weight 0
+                for j in range(n, n_c):  # computed but masked (j beyond what row r may see): weight 0
                     row[j] = zero
-            # out_blk = P @ V
-            _gemm_nt(out[bh, i0:], s, v_t, m, hv, n_hi, False)
+            # out_blk = P @ V, tile row by tile row, each summing over the keys its rows see
+            for g in range(0, m, MR):
+                g1 = min(g + MR, m)
+                n_g = _n_computed(i0 + g1 - 1, offset, Tk, causal)
+                _gemm_nb(out[bh, i0:], s, v[bh], g, g1, 0, hv, n_g, False, False)
 
 
 @_kernel
@@ -105,50 +128,47 @@ def _attention_backward_nb(dq, dk, dv, dout, q, k, v, out, lse, causal, scale, R
     offset = Tk - Tq
     zero = q.dtype.type(0)
     for bh in prange(BH):  # (batch, head) bh writes only dq[bh], dk[bh], dv[bh]: no race on dk/dv
-        k_t = np.empty((hs, Tk), dtype=q.dtype)  # K^T for dQ = dS @ K
+        k_t = np.empty((hs, Tk), dtype=q.dtype)  # K^T for S = Q K^T
         _transpose_block(k_t, k[bh], Tk, hs)
+        v_t = np.empty((hv, Tk), dtype=q.dtype)  # V^T for dP = dO V^T
+        _transpose_block(v_t, v[bh], Tk, hv)
         p = np.empty((R, Tk), dtype=q.dtype)  # P of the block's rows, recomputed
         ds = np.empty((R, Tk), dtype=q.dtype)  # dP, then dS
-        p_t = np.empty((Tk, R), dtype=q.dtype)  # transposed blocks for dV = P^T dO, dK = dS^T Q
-        ds_t = np.empty((Tk, R), dtype=q.dtype)
-        q_t = np.empty((hs, R), dtype=q.dtype)
-        dout_t = np.empty((hv, R), dtype=q.dtype)
-        for j in range(Tk):
-            for d in range(hs):
-                dk[bh, j, d] = zero
-            for c in range(hv):
-                dv[bh, j, c] = zero
+        dk[bh] = zero
+        dv[bh] = zero
         for i0 in range(0, Tq, R):
             m = min(R, Tq - i0)
-            n_hi = _n_visible(i0 + m - 1, offset, Tk, causal)
             # recompute P = exp(scale * Q_blk K^T - lse): the forward's weights, already normalised
-            _gemm_nt(p, q[bh, i0:], k[bh], m, n_hi, hs, False)
-            for r in range(m):
-                n = _n_visible(i0 + r, offset, Tk, causal)
-                row, l = p[r], lse[bh, i0 + r]
-                for j in range(n):
-                    row[j] = _exp(row[j] * scale - l)
-                for j in range(n, n_hi):
-                    row[j] = zero
-            # forward was: out = P @ V  ->  dP = dO @ V^T, dV += P^T @ dO
-            _gemm_nt(ds, dout[bh, i0:], v[bh], m, n_hi, hv, False)
-            _transpose_block(p_t, p, m, n_hi)
-            _transpose_block(dout_t, dout[bh, i0:], m, hv)
-            _gemm_nt(dv[bh], p_t, dout_t, n_hi, hv, m, True)
+            n_hi = _scores(p, q[bh], k_t, i0, m, offset, Tk, causal)
+            # forward was: out = P @ V  ->  dP = dO @ V^T (same triangle as S)
+            _scores(ds, dout[bh], v_t, i0, m, offset, Tk, causal)
             # forward was: P = softmax(S)  ->  dS = P * (dP - rowsum(dP * P)), and
             # rowsum(dP * P) = rowsum(dO * O) (FA-2's D: one dot product per row, no pass over P)
             for r in range(m):
+                n = _n_visible(i0 + r, offset, Tk, causal)
+                prow, drow, l = p[r], ds[r], lse[bh, i0 + r]
                 D = zero
                 for c in range(hv):
                     D += dout[bh, i0 + r, c] * out[bh, i0 + r, c]
-                row, prow = ds[r], p[r]
-                for j in range(n_hi):
-                    row[j] = prow[j] * (row[j] - D) * scale  # scale folded in: S = scale * Q K^T
-            # forward was: S = scale * Q K^T  ->  dQ_blk = dS @ K, dK += dS^T @ Q_blk
-            _gemm_nt(dq[bh, i0:], ds, k_t, m, hs, n_hi, False)
-            _transpose_block(ds_t, ds, m, n_hi)
-            _transpose_block(q_t, q[bh, i0:], m, hs)
-            _gemm_nt(dk[bh], ds_t, q_t, n_hi, hs, m, True)
+                for j in range(n):
+                    pj = _exp(prow[j] * scale - l)
+                    prow[j] = pj
+                    drow[j] = pj * (drow[j] - D) * scale  # scale folded in: S = scale * Q K^T
+                for j in range(n, n_hi):  # masked, or never computed for this row: 0
+                    prow[j] = zero
+                    drow[j] = zero
+            # forward was: S = scale * Q K^T  ->  dQ_blk = dS @ K, each tile row over the keys it sees
+            for g in range(0, m, MR):
+                g1 = min(g + MR, m)
+                n_g = _n_visible(i0 + g1 - 1, offset, Tk, causal)
+                _gemm_nb(dq[bh, i0:], ds, k[bh], g, g1, 0, hs, n_g, False, False)
+            # dV += P^T @ dO_blk and dK += dS^T @ Q_blk, four keys at a time, each summing over the
+            # block's rows from the first one that sees any of the four (earlier rows have P = 0)
+            for j in range(0, n_hi, MR):
+                j1 = min(j + MR, n_hi)
+                r0 = min(max(0, j - offset - i0), m) if causal else 0
+                _gemm_nb(dv[bh], p[r0:], dout[bh, i0 + r0 :], j, j1, 0, hv, m - r0, True, True)
+                _gemm_nb(dk[bh], ds[r0:], q[bh, i0 + r0 :], j, j1, 0, hs, m - r0, True, True)
 
 
 def attention_forward(q, k, v, causal=False, key_padding_mask=None):

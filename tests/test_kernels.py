@@ -5,9 +5,9 @@ assert_allclose(rtol=1e-4, atol=1e-5). The kernels sum in a different order from
 SIMD lanes, per-chunk partial sums), so bit-equality is not expected, only rounding-level
 agreement.
 
-Shapes cover T = 1, odd T, head size 1, sizes that are not multiples of the matmul's 4 x 4
-register tile, and (when compiled) sizes past its KC / NC cache blocks and the attention's
-R-row query blocks. Run with NUMBA_DISABLE_JIT=1 to execute the same kernels as plain Python
+Shapes cover T = 1, odd T, head size 1, sizes that fill the matmul's 4 x 32 register tile and
+sizes that leave edges beside it, and (when compiled) sizes past its KC / NC cache blocks and
+the attention's R-row query blocks. Run with NUMBA_DISABLE_JIT=1 to execute the same kernels as plain Python
 (for coverage); the large-shape cases are skipped there to keep the run short.
 """
 import math
@@ -102,10 +102,10 @@ def _attention(B, NH, Tq, Tk, hs, hv=None, causal=True):
 
 CASES = {
     "linear_T1": _linear(2, 1, 8, 12),
-    "linear_odd": _linear(2, 5, 7, 9),  # neither size a multiple of the 4 x 4 tile
+    "linear_odd": _linear(2, 5, 7, 9),  # smaller than one 4 x 32 tile: the row-by-row edge path
+    "linear_tiles": _linear(2, 3, 5, 70),  # 6 x 70: whole 4 x 32 tiles plus a row and a column edge
     "linear_nobias": _linear(1, 3, 5, 6, bias=False),
     "linear_1x1": _linear(1, 1, 1, 1),
-    "linear_many_rows": _linear(3, 5, 6, 10),  # 15 rows: the tiled path (fewer than 8 take _linear_rows_nb)
     "linear_decode": _linear(1, 1, 16, 300),  # one row, more than one NC column block
     "layernorm_T1": _layernorm(2, 1, 8),
     "layernorm_odd": _layernorm(3, 5, 7),
@@ -125,9 +125,10 @@ CASES = {
     "attention_decode": _attention(1, 2, 1, 9, 3),  # one new token against a cache
     "attention_unmasked": _attention(2, 2, 6, 4, 3, hv=5, causal=False),
     "attention_blocks": _attention(1, 2, 70, 70, 3),  # crosses the R = 64 query block
+    "attention_tiles": _attention(1, 1, 37, 37, 32),  # head size one 32-wide tile; Tk past one tile
 }
 BIG_CASES = {
-    # past the matmul's KC = 512 and NC = 128 blocks and not a multiple of anything
+    # past the matmul's KC = 256 and NC = 128 blocks and not a multiple of anything
     "linear_blocked": _linear(1, 37, 600, 133),
     "attention_T256": _attention(1, 2, 256, 256, 16),
     "attention_kvcache_long": _attention(1, 1, 67, 200, 8),

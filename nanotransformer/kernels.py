@@ -233,19 +233,15 @@ def _acc_tile_impl(x):
 
 
 @njit(**JIT)
-def _tile_nb(out, a, b, i, j, k0, k1, add, a_t):
-    """out[i:i+4, j:j+NR] (+)= A[i:i+4, k0:k1] @ b[k0:k1, j:j+NR], A = a.T if a_t else a, with the
-    4 x NR sums in registers (see the section comment). `add`: accumulate into out."""
+def _tile_nb(out, a, b, i, j, k0, k1, add):
+    """out[i:i+4, j:j+NR] (+)= a[i:i+4, k0:k1] @ b[k0:k1, j:j+NR] with the 4 x NR sums in
+    registers (see the section comment). `add`: accumulate into out, else overwrite it."""
     acc = _acc_tile(out[i, j])
     for r in range(MR):
         for c in range(NR):
             acc[r, c] = 0
     for k in range(k0, k1):
-        if a_t:
-            ak = a[k, i : i + MR]
-            x0, x1, x2, x3 = ak[0], ak[1], ak[2], ak[3]
-        else:
-            x0, x1, x2, x3 = a[i, k], a[i + 1, k], a[i + 2, k], a[i + 3, k]
+        x0, x1, x2, x3 = a[i, k], a[i + 1, k], a[i + 2, k], a[i + 3, k]
         bk = b[k, j : j + NR]
         for c in range(NR):
             y = bk[c]
@@ -253,6 +249,33 @@ def _tile_nb(out, a, b, i, j, k0, k1, add, a_t):
             acc[1, c] += x1 * y
             acc[2, c] += x2 * y
             acc[3, c] += x3 * y
+    _store_tile(out, acc, i, j, add)
+
+
+@njit(**JIT)
+def _tile_t_nb(out, a, b, i, j, k0, k1, add):
+    """_tile_nb with A = a.T: out[i:i+4, j:j+NR] (+)= a[k0:k1, i:i+4].T @ b[k0:k1, j:j+NR]. A
+    separate function, not a flag: a branch inside the k loop costs 2x (measured)."""
+    acc = _acc_tile(out[i, j])
+    for r in range(MR):
+        for c in range(NR):
+            acc[r, c] = 0
+    for k in range(k0, k1):
+        ak = a[k, i : i + MR]
+        x0, x1, x2, x3 = ak[0], ak[1], ak[2], ak[3]
+        bk = b[k, j : j + NR]
+        for c in range(NR):
+            y = bk[c]
+            acc[0, c] += x0 * y
+            acc[1, c] += x1 * y
+            acc[2, c] += x2 * y
+            acc[3, c] += x3 * y
+    _store_tile(out, acc, i, j, add)
+
+
+@njit(**JIT)
+def _store_tile(out, acc, i, j, add):
+    """out[i:i+MR, j:j+NR] (+)= acc"""
     for r in range(MR):
         o = out[i + r, j : j + NR]
         for c in range(NR):
@@ -289,7 +312,10 @@ def _gemm_nb(out, a, b, i0, i1, j0, j1, kk, add, a_t):
         acc = add or k0 > 0  # later k blocks add to what the first one wrote
         for j in range(j0, j_full, NR):  # b's (KC x NR) strip is reused by every row tile
             for i in range(i0, i_full, MR):
-                _tile_nb(out, a, b, i, j, k0, k1, acc, a_t)
+                if a_t:
+                    _tile_t_nb(out, a, b, i, j, k0, k1, acc)
+                else:
+                    _tile_nb(out, a, b, i, j, k0, k1, acc)
         if j_full < j1:  # the last < NR columns
             _rows_nb(out, a, b, i0, i_full, j_full, j1, k0, k1, acc, a_t)
         _rows_nb(out, a, b, i_full, i1, j0, j1, k0, k1, acc, a_t)  # the last < MR rows

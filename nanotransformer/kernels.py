@@ -30,6 +30,7 @@ CI uses for coverage), or use BLAS (that is the "numpy" backend: backend.AUTO re
 the default picks per op, and why).
 """
 import math
+import os
 import types as types_
 
 import numba
@@ -50,21 +51,23 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # the exception check is a branch inside the loop that stops LLVM from vectorising it.
 JIT = dict(fastmath=FASTMATH, error_model="numpy", cache=True)
 
-# Numba's thread pool: "workqueue" unless the user picked one (NUMBA_THREADING_LAYER). The
-# default OpenMP pool spins its idle threads; measured on 2 cores, alternating a BLAS matmul
-# with a Numba kernel then ran 1.4x slower than the two apart (and the kernel alone 2x slower on
-# a busy machine), while workqueue threads sleep: no interference. Workqueue's limitation, no
-# parallel kernel launched from two Python threads at once, does not arise in this package.
-if numba.config.THREADING_LAYER == "default":
-    numba.config.THREADING_LAYER = "workqueue"
+# Numba's thread pool: Numba's default choice (TBB if installed, else OpenMP, else workqueue),
+# with OpenMP's idle threads told to sleep (OMP_WAIT_POLICY=PASSIVE) unless the user set a policy.
+# Measured on 2 cores: by default OpenMP threads spin after a kernel, and alternating BLAS calls
+# (whose threads also spin) with Numba kernels then ran a training step 3.5x slower; with passive
+# threads there is no interference. The workqueue pool sleeps too, but entering a parallel region
+# cost 80 us there against 3 us for OpenMP, and a 1M-element loop ran slower on 2 workqueue
+# threads than on one (1.8x faster on 2 OpenMP threads). The variable must be set before the OpenMP runtime starts, i.e. before the first
+# parallel kernel runs; a runtime another library started earlier keeps its own policy.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Rows per parallel chunk-reduction (layer-norm dw/db): a fixed count, so sums are reproducible.
 N_CHUNKS = 16
 
 # Below this much work (elements touched, or multiply-adds for products) a kernel runs its serial
-# build: entering a parallel region costs ~50 us even with one thread (workqueue; milliseconds
-# for OpenMP on a busy machine), against ~0.2 us for a plain call, and a decoding step or a
-# tiny batch is made of such small calls.
+# build: entering a parallel region costs 3 us (OpenMP, sleeping threads to wake) to 80 us
+# (workqueue), more on a busy machine, against ~0.2 us for a plain call, and a decoding step
+# or a tiny batch is made of such small calls.
 SERIAL_BELOW = 1 << 16
 
 
@@ -307,6 +310,10 @@ def _gemm_nb(out, a, b, i0, i1, j0, j1, kk, add, a_t):
     """
     i_full = i0 + (i1 - i0) // MR * MR  # rows [i0, i_full) fill whole tiles
     j_full = j0 + (j1 - j0) // NR * NR
+    nc = j1 - j_full  # the last < NR columns: tiles on a zero-padded copy of b's strip
+    if nc > 0 and i_full > i0:
+        b_pad = np.zeros((min(KC, kk), NR), dtype=out.dtype)
+        edge = np.empty((MR, NR), dtype=out.dtype)
     for k0 in range(0, max(kk, 1), KC):  # (kk = 0 still runs once, to write the zeros)
         k1 = min(k0 + KC, kk)
         acc = add or k0 > 0  # later k blocks add to what the first one wrote
@@ -316,8 +323,18 @@ def _gemm_nb(out, a, b, i0, i1, j0, j1, kk, add, a_t):
                     _tile_t_nb(out, a, b, i, j, k0, k1, acc)
                 else:
                     _tile_nb(out, a, b, i, j, k0, k1, acc)
-        if j_full < j1:  # the last < NR columns
-            _rows_nb(out, a, b, i0, i_full, j_full, j1, k0, k1, acc, a_t)
+        if nc > 0 and i_full > i0:
+            for k in range(k0, k1):
+                b_pad[k - k0, :nc] = b[k, j_full:j1]
+            for i in range(i0, i_full, MR):
+                if a_t:
+                    _tile_t_nb(edge, a[k0:k1, i:], b_pad, 0, 0, 0, k1 - k0, False)
+                else:
+                    _tile_nb(edge, a[i:, k0:k1], b_pad, 0, 0, 0, k1 - k0, False)
+                for r in range(MR):
+                    o = out[i + r, j_full:j1]
+                    for c in range(nc):
+                        o[c] = o[c] + edge[r, c] if acc else edge[r, c]
         _rows_nb(out, a, b, i_full, i1, j0, j1, k0, k1, acc, a_t)  # the last < MR rows
 
 

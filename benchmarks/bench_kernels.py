@@ -1,7 +1,7 @@
 """Per-op speed of the NumPy reference vs the Numba kernels, at the shapes of the training configs.
 
     python benchmarks/bench_kernels.py                       # everything, ~2-4 minutes
-    python benchmarks/bench_kernels.py --configs tiny --repeat 10 --no-compile
+    python benchmarks/bench_kernels.py --configs tiny --repeat 3 --no-compile
 
 Prints, in one run:
   1. forward + backward time of every op pair on both backends, per training config, and the
@@ -11,9 +11,10 @@ Prints, in one run:
   3. the fused attention's forward + backward speed-up over the NumPy reference at T = 256;
   4. first-call (JIT compile) time with a cold cache and with a warm one (`cache=True`).
 
-Timing: the candidates run round-robin (a, b, a, b, ...) so that load from other processes hits
-both alike; we report the median of `--repeat` rounds (and the best). Ratios are numpy / numba
-time, so > 1 means Numba is faster.
+Timing: the candidates take turns in blocks (0.2 s of untimed warm-up calls, then 3 timed calls;
+see `round_robin` for why) for `--repeat` rounds, so that load from other processes hits both
+alike; we report the median (and the best). Ratios are numpy / numba time, so > 1 means Numba
+is faster.
 
 Does not: need PyTorch (bench_train.py compares against it) or ../shared.
 """
@@ -39,16 +40,29 @@ CONFIGS = {  # L layers, C d_model, NH heads, T context, B batch, V vocab (as be
 }
 
 
-def round_robin(fns, repeat):
-    """{name: fn} -> {name: (median_s, best_s)}; one warm-up call each, then `repeat` rounds."""
-    for fn in fns.values():
-        fn()
+def round_robin(fns, repeat, block=3, warm=0.2):
+    """{name: fn} -> {name: (median_s, best_s)} over `repeat` rounds in which the candidates take
+    turns, each running untimed for `warm` seconds (at least one call) and then `block` timed calls.
+
+    Why not strict alternation (a, b, a, b): on this 2-core VM a kernel timed right after the
+    other library's calls runs up to 2x slower for the next ~0.1 s (OpenBLAS's threads spin for a
+    while after a call, and Numba's pool, whose idle threads sleep, takes as long to get back to
+    full speed): we would be timing the hand-over, not the kernel. A training step alternates the
+    two libraries too, which is why the per-op choice is checked against whole steps
+    (bench_train.py). The rounds still interleave the candidates, so slow drifts in the machine's
+    load hit both alike.
+    """
     times = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t_end = time.perf_counter() + warm
             fn()
-            times[name].append(time.perf_counter() - t0)
+            while time.perf_counter() < t_end:
+                fn()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
     return {name: (float(np.median(ts)), float(np.min(ts))) for name, ts in times.items()}
 
 
@@ -129,7 +143,7 @@ def op_pairs(c, rng):
 
 
 def bench_ops(configs, repeat, rng):
-    print("\n## 1. Op pairs, forward + backward, float32 (ms: median of round-robin rounds)\n")
+    print("\n## 1. Op pairs, forward + backward, float32 (ms: median of the timed calls)\n")
     print(f"{'op':<28}{'config':<7}{'numpy':>10}{'numba':>10}{'numpy/numba':>13}  faster")
     totals = {}
     for cname in configs:
@@ -158,7 +172,7 @@ def bench_matmul(repeat, rng):
     for M, Kd, N in shapes:
         a = rng.standard_normal((M, Kd)).astype(np.float32)
         b = rng.standard_normal((Kd, N)).astype(np.float32)
-        reps = repeat if M * Kd * N <= 2048**3 // 8 else max(3, repeat // 3)
+        reps = repeat if M * Kd * N <= 2048**3 // 8 else max(2, repeat // 2)
         res = round_robin({"np": lambda: a @ b, "nb": lambda: K.matmul(a, b)}, reps)
         fl = 2.0 * M * Kd * N
         g_np, g_nb = fl / res["np"][0] / 1e9, fl / res["nb"][0] / 1e9
@@ -228,7 +242,7 @@ def bench_compile():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", default="tiny,small,bpe", help="comma-separated subset of " + ",".join(CONFIGS))
-    ap.add_argument("--repeat", type=int, default=15, help="round-robin rounds per measurement")
+    ap.add_argument("--repeat", type=int, default=5, help="rounds per measurement (3 timed calls each)")
     ap.add_argument("--no-compile", action="store_true", help="skip the cold/warm compile-time measurement")
     ap.add_argument("--only", default="ops,matmul,attention,compile", help="sections to run")
     args = ap.parse_args(argv)

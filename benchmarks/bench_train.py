@@ -11,9 +11,10 @@ Configs (L layers, d model width, heads, T context, B batch, V vocab):
     bpe    L=4 d=256 heads=4 T=128 B=8  V=4096
 
 Method: float32, random token batches, weights from the same seed. Each backend runs a block of
-`--steps` timed steps (after one untimed step), the backends take turns for `--rounds` rounds
-with a short pause between blocks (so one library's idle spinning threads do not land in the
-next one's timing), and we report tokens/s from the median step. Ratios are within this run.
+`--steps` timed steps after `--warm` seconds of untimed ones (so the previous library's idle
+threads have stopped competing and this one's are awake: steady-state training, not the hand-over),
+the backends take turns for `--rounds` rounds, and we report tokens/s from the median step.
+Ratios are within this run.
 PyTorch uses torch.set_num_threads(2), nn.Linear/LayerNorm/GELU(tanh), the causal
 F.scaled_dot_product_attention (as nanoGPT), a tied LM head and torch.optim.AdamW with weight
 decay on 2-D weights only, like ours.
@@ -151,7 +152,7 @@ def have_torch():
 # ----------------------------------------------------------------------------- main
 
 
-def bench_config(name, cfg, backends, use_torch, steps, rounds, pause, gen):
+def bench_config(name, cfg, backends, use_torch, steps, rounds, warm, gen):
     B, T, V = cfg["B"], cfg["block_size"], cfg["vocab_size"]
     rng = np.random.default_rng(0)
     ids = rng.integers(0, V, size=(B, T))
@@ -166,8 +167,10 @@ def bench_config(name, cfg, backends, use_torch, steps, rounds, pause, gen):
     times = {k: [] for k in steps_fn}
     for _ in range(rounds):
         for k, fn in steps_fn.items():
-            time.sleep(pause)
-            fn()  # untimed: caches warm, the other library's threads gone idle
+            t_end = time.perf_counter() + warm
+            fn()  # untimed, for at least `warm` seconds: caches and thread pools warm, the other
+            while time.perf_counter() < t_end:  # library's threads idle (see bench_kernels.round_robin)
+                fn()
             times[k] += [_timed(fn) for _ in range(steps)]
     tok = {k: B * T / float(np.median(ts)) for k, ts in times.items()}
     flops_per_token = 6 * n_params + 12 * cfg["n_layer"] * T * cfg["d_model"]
@@ -180,7 +183,7 @@ def main(argv=None):
     ap.add_argument("--configs", default="tiny,small,bpe", help="comma-separated subset of " + ",".join(CONFIGS))
     ap.add_argument("--steps", type=int, default=3, help="timed steps per block")
     ap.add_argument("--rounds", type=int, default=3, help="blocks per backend, taken in turns")
-    ap.add_argument("--pause", type=float, default=0.3, help="seconds of sleep before each block")
+    ap.add_argument("--warm", type=float, default=0.3, help="seconds of untimed steps before each block")
     ap.add_argument("--backends", default="numpy,numba,auto", help="our backends to run")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     ap.add_argument("--no-gen", action="store_true", help="skip the generation benchmark")
@@ -207,7 +210,7 @@ def main(argv=None):
     gens = {}
     for name in configs:
         tok, fpt, n_params, gen_tps, tv = bench_config(
-            name, CONFIGS[name], backends, use_torch, args.steps, args.rounds, args.pause, not args.no_gen
+            name, CONFIGS[name], backends, use_torch, args.steps, args.rounds, args.warm, not args.no_gen
         )
         gens[name] = gen_tps
         row = f"{name:<7}{n_params / 1e6:>8.2f}M" + "".join(f"{tok[c]:>14.0f}" for c in cols)

@@ -310,10 +310,6 @@ def _gemm_nb(out, a, b, i0, i1, j0, j1, kk, add, a_t):
     """
     i_full = i0 + (i1 - i0) // MR * MR  # rows [i0, i_full) fill whole tiles
     j_full = j0 + (j1 - j0) // NR * NR
-    nc = j1 - j_full  # the last < NR columns: tiles on a zero-padded copy of b's strip
-    if nc > 0 and i_full > i0:
-        b_pad = np.zeros((min(KC, kk), NR), dtype=out.dtype)
-        edge = np.empty((MR, NR), dtype=out.dtype)
     for k0 in range(0, max(kk, 1), KC):  # (kk = 0 still runs once, to write the zeros)
         k1 = min(k0 + KC, kk)
         acc = add or k0 > 0  # later k blocks add to what the first one wrote
@@ -323,18 +319,8 @@ def _gemm_nb(out, a, b, i0, i1, j0, j1, kk, add, a_t):
                     _tile_t_nb(out, a, b, i, j, k0, k1, acc)
                 else:
                     _tile_nb(out, a, b, i, j, k0, k1, acc)
-        if nc > 0 and i_full > i0:
-            for k in range(k0, k1):
-                b_pad[k - k0, :nc] = b[k, j_full:j1]
-            for i in range(i0, i_full, MR):
-                if a_t:
-                    _tile_t_nb(edge, a[k0:k1, i:], b_pad, 0, 0, 0, k1 - k0, False)
-                else:
-                    _tile_nb(edge, a[i:, k0:k1], b_pad, 0, 0, 0, k1 - k0, False)
-                for r in range(MR):
-                    o = out[i + r, j_full:j1]
-                    for c in range(nc):
-                        o[c] = o[c] + edge[r, c] if acc else edge[r, c]
+        if j_full < j1:  # the last < NR columns
+            _rows_nb(out, a, b, i0, i_full, j_full, j1, k0, k1, acc, a_t)
         _rows_nb(out, a, b, i_full, i1, j0, j1, k0, k1, acc, a_t)  # the last < MR rows
 
 
@@ -394,13 +380,24 @@ def _transpose_nb(out, a):
 
 
 def _matmul(a, b, bias=None, a_t=False):
-    """A @ b (+ bias) with the Numba kernel, A = a.T if a_t else a; C-contiguous copies as needed."""
+    """A @ b (+ bias) with the Numba kernel, A = a.T if a_t else a; C-contiguous copies as needed.
+
+    When b's width N is not a multiple of NR (the LM head's V = 65, say), b and the bias are
+    zero-padded to the next multiple and the padding cut from the result: the last columns then
+    go through the register tile too, instead of a row-by-row loop 5x slower, and the kernel
+    keeps one code path (each extra path inlines another register tile, and compile time grows
+    with them).
+    """
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
-    M = a.shape[1] if a_t else a.shape[0]
-    out = np.empty((M, b.shape[1]), dtype=a.dtype)
+    M, (K, N) = (a.shape[1] if a_t else a.shape[0]), b.shape
+    N_pad = -(-N // NR) * NR if N > NR else N
+    if N_pad != N:
+        b = np.concatenate([b, np.zeros((K, N_pad - N), b.dtype)], axis=1)
+        bias = None if bias is None else np.concatenate([bias, np.zeros(N_pad - N, b.dtype)])
+    out = np.empty((M, N_pad), dtype=a.dtype)
     bias = np.empty(0, a.dtype) if bias is None else np.ascontiguousarray(bias)
-    _run(_matmul_nb, out.size * b.shape[0], out, a, b, bias, bool(a_t))
-    return out
+    _run(_matmul_nb, out.size * K, out, a, b, bias, bool(a_t))
+    return out if N_pad == N else np.ascontiguousarray(out[:, :N])
 
 
 def matmul(a, b):

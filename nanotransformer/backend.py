@@ -50,7 +50,7 @@ OP_PAIRS = {
 # summed over the three configs). Figures, the runs behind them and the caveats (timings on a
 # shared box swing with load): benchmarks/README.md, "Kernels and training speed".
 #   op pair        auto    numpy time / numba time (tiny, small, bpe)
-#   linear         numpy   0.80, 0.68, 0.68  our tiled matmul reaches 60-95 % of OpenBLAS's sgemm
+#   linear         numpy   0.80, 0.68, 0.68  our tiled matmul reaches 46-93 % of OpenBLAS's sgemm
 #                                            (81 % at 512^3), and the linear pair also copies w^T
 #                                            for dx: BLAS stays ahead
 #   attention      numba   1.41, 2.20, 1.63  fused, causal-aware, no T x T matrix

@@ -57,8 +57,9 @@ JIT = dict(fastmath=FASTMATH, error_model="numpy", cache=True)
 # (whose threads also spin) with Numba kernels then ran a training step 3.5x slower; with passive
 # threads there is no interference. The workqueue pool sleeps too, but entering a parallel region
 # cost 80 us there against 3 us for OpenMP, and a 1M-element loop ran slower on 2 workqueue
-# threads than on one (1.8x faster on 2 OpenMP threads). The variable must be set before the OpenMP runtime starts, i.e. before the first
-# parallel kernel runs; a runtime another library started earlier keeps its own policy.
+# threads than on one (1.8x faster on 2 OpenMP threads). The variable must be set before the
+# OpenMP runtime starts, i.e. before the first parallel kernel runs; a runtime that another
+# library started earlier keeps its own policy.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Rows per parallel chunk-reduction (layer-norm dw/db): a fixed count, so sums are reproducible.
@@ -384,9 +385,9 @@ def _matmul(a, b, bias=None, a_t=False):
 
     When b's width N is not a multiple of NR (the LM head's V = 65, say), b and the bias are
     zero-padded to the next multiple and the padding cut from the result: the last columns then
-    go through the register tile too, instead of a row-by-row loop 5x slower, and the kernel
-    keeps one code path (each extra path inlines another register tile, and compile time grows
-    with them).
+    go through the register tile too (the V = 65 head ran 2.5x faster than through the row-by-row
+    edge loop), and the kernel keeps one tile path per layout (each extra path inlines another
+    register tile, and compile time grows with them).
     """
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
     M, (K, N) = (a.shape[1] if a_t else a.shape[0]), b.shape

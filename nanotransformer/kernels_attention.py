@@ -8,8 +8,12 @@ Forward, per (batch, head) and query row i, in one pass:
     s_j = scale * q_i . k_j  for the keys i may see       (causal: j <= i + Tk - Tq)
     m = max_j s_j,  l = sum_j exp(s_j - m),  lse_i = m + log l
     out_i = sum_j exp(s_j - m) / l * v_j
-Only one row of scores (Tk numbers, a few KB) exists at a time; the Tq x Tk attention matrix is
-never stored. The cache keeps q, k, v, out and the row log-sum-exp `lse` (Tq numbers per head).
+computed for a block of R query rows at a time (an R x Tk scratch array per thread, not the
+Tq x Tk attention matrix, which is never stored). The products S = Q K^T and P V run on the
+matmul's 4 x 32 register tile (`kernels._gemm_nb`), each 4-row tile only as wide as its last
+row may see (the causal triangle, rounded up to 32 keys), so the masked half is skipped rather
+than computed and discarded. The cache keeps q, k, v, out and the row log-sum-exp `lse` (Tq
+numbers per head).
 
 Backward, FlashAttention-2 style (Dao 2023, Algorithm 2), recomputing each row of
 probabilities from q, k and the saved lse instead of reading a stored matrix:

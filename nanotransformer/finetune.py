@@ -39,18 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .layers import (
-    cross_entropy_backward,
-    cross_entropy_forward,
-    dropout_backward,
-    dropout_forward,
-    embedding_backward,
-    embedding_forward,
-    linear_backward,
-    linear_forward,
-    positional_backward,
-    positional_forward,
-)
+from .layers import cross_entropy_backward, cross_entropy_forward, linear_backward, linear_forward
 from .validation import check_array, check_ids
 
 # ----------------------------------------------------------------------------- data
@@ -162,8 +151,8 @@ class GPTClassifier:
     `hp["b"]` (K,); gradients in `head_grads` / `hg`. `trainable()` lists (params, grads,
     weight-decay mask) for the optimiser: the trainable tail of the GPT's buffer, and the head.
 
-    Uses GPT's `_block_forward` / `_block_backward` for the transformer blocks, so a change to
-    the GPT block is picked up here.
+    Reads the GPT through `GPT.hidden_forward` / `GPT.hidden_backward` (embeddings, blocks, final
+    layer norm), so a change to the GPT is picked up here.
     """
 
     def __init__(self, gpt, n_classes=2, pool="last", train_blocks=None, seed=0):
@@ -209,7 +198,7 @@ class GPTClassifier:
         """ids: (B, T) int right-padded, lengths: (B,) real tokens per row, labels: (B,) int or None
         -> logits: (B, K), loss: float or None"""
         gpt = self.gpt
-        cfg, ops, p = gpt.config, gpt.ops, gpt.p
+        cfg = gpt.config
         check_array("ids", ids, ndim=2)
         check_ids("ids", ids, cfg.vocab_size)
         B, T = ids.shape
@@ -218,17 +207,7 @@ class GPTClassifier:
             raise ValueError(f"ids: expected at most block_size={cfg.block_size} positions, got {T}")
         if lengths.min() < 1 or lengths.max() > T:
             raise ValueError(f"lengths: expected values in [1, {T}] (the padded length), got {lengths.min()}..{lengths.max()}")
-        p_drop = cfg.dropout if train else 0.0
-        # the GPT forward up to the final layer norm (model.GPT.forward without the LM head)
-        x, emb_c = embedding_forward(ids, p["wte"])
-        table = p["wpe"] if cfg.pos == "learned" else gpt._pe
-        x, pos_c = positional_forward(x, table)
-        x, drop_c = dropout_forward(x, p_drop, rng, train)
-        block_caches = []
-        for i in range(cfg.n_layer):
-            x, c = gpt._block_forward(x, i, p_drop, rng, train, None)
-            block_caches.append(c)
-        h, lnf_c = ops.layernorm_forward(x, p["ln_f.w"], gpt._ln_b("ln_f.b"))  # (B, T, C)
+        h, hidden_c = gpt.hidden_forward(ids, train=train, rng=rng)  # (B, T, C), after ln_f
         # pooling as a (B, T) weight matrix: z[b] = sum_t a[b, t] h[b, t]
         t = np.arange(T)[None, :]
         if self.pool == "last":
@@ -243,7 +222,7 @@ class GPTClassifier:
             check_ids("labels", labels, self.n_classes)
             loss_arr, loss_c = cross_entropy_forward(logits, labels)
             loss = float(loss_arr)
-            self._cache = (emb_c, pos_c, drop_c, block_caches, lnf_c, a, head_c, loss_c)
+            self._cache = (hidden_c, a, head_c, loss_c)
         return logits, loss
 
     def backward(self):
@@ -252,25 +231,15 @@ class GPTClassifier:
         if self._cache is None:
             raise ValueError("backward: expected a preceding forward(ids, lengths, labels) with labels, got none")
         gpt = self.gpt
-        ops, g = gpt.ops, gpt.g
-        emb_c, pos_c, drop_c, block_caches, lnf_c, a, head_c, loss_c = self._cache
+        hidden_c, a, head_c, loss_c = self._cache
         self._cache = None
         dlogits = cross_entropy_backward(np.ones((), dtype=gpt.dtype), loss_c)
         dz, dw, db = linear_backward(dlogits, head_c)
         self.hg["w"][...], self.hg["b"][...] = dw, db
         # forward was: z[b] = sum_t a[b, t] h[b, t]  ->  dh[b, t] = a[b, t] dz[b]
         dh = a[:, :, None] * dz[:, None, :]  # (B, T, C)
-        gpt.grads[: self.offset] = 0.0
-        dx, dw, db = ops.layernorm_backward(dh, lnf_c)
-        gpt._put("ln_f", dw, db)
-        for i in reversed(range(self.first_block, gpt.config.n_layer)):
-            dx = gpt._block_backward(dx, i, block_caches[i])
-        if self.train_blocks is None:  # full fine-tuning: on into the embeddings
-            dx = dropout_backward(dx, drop_c)
-            dx, dtable = positional_backward(dx, pos_c)
-            if gpt.config.pos == "learned":
-                g["wpe"][...] = dtable
-            g["wte"][...] = embedding_backward(dx, emb_c)
+        gpt.grads[: self.offset] = 0.0  # the frozen part: zero, never computed
+        gpt.hidden_backward(dh, hidden_c, first_block=self.first_block, embeddings=self.train_blocks is None)
         return gpt.grads, self.head_grads
 
     def predict_proba(self, ids, lengths, batch_size=256):

@@ -220,6 +220,29 @@ class GPT:
         after the cached ones, and their keys/values are appended to the cache.
         After a forward with targets, `backward()` computes the gradients.
         """
+        if kv_cache is not None and (train or targets is not None):
+            raise ValueError("kv_cache: only for inference (train=False, targets=None)")
+        xf, hidden_c = self.hidden_forward(ids, train=train, rng=rng, kv_cache=kv_cache)
+        # LM head tied to the embedding: logits = xf @ wte^T. The transpose is a view, not a copy:
+        # BLAS reads it as is (copying 50257 x 768 floats cost ~1 s per decoded token at GPT-2
+        # size, 50x the matmul), and the Numba wrapper makes its own contiguous copy if it needs one.
+        w_head = self.p["wte"].T  # (C, V)
+        logits, head_c = self.ops.linear_forward(xf, w_head, None)  # (B, T, V)
+
+        loss, loss_c = None, None
+        if targets is not None:
+            loss_arr, loss_c = self.ops.cross_entropy_forward(logits, targets)
+            loss = float(loss_arr)
+        self._cache = (hidden_c, head_c, loss_c) if targets is not None else None
+        return logits, loss
+
+    def hidden_forward(self, ids, *, train=False, rng=None, kv_cache=None):
+        """ids: (B, T) int in [0, V) -> h: (B, T, C), cache
+
+        The network up to and including the final layer norm: the hidden states the LM head
+        reads, for other heads to read too (`finetune.GPTClassifier`). `hidden_backward(dh,
+        cache)` is its backward. train, rng, kv_cache as in `forward`.
+        """
         cfg, ops = self.config, self.ops
         check_ids("ids", ids, cfg.vocab_size)
         check_array("ids", ids, ndim=2)
@@ -232,8 +255,6 @@ class GPT:
                 f"ids: expected at most block_size={cfg.block_size} positions, got {offset + T}"
                 + (f" ({offset} cached + {T} new)" if offset else "")
             )
-        if kv_cache is not None and (train or targets is not None):
-            raise ValueError("kv_cache: only for inference (train=False, targets=None)")
         p_drop = cfg.dropout if train else 0.0
 
         # embeddings: x = wte[ids] + pos[offset:offset+T], then dropout
@@ -247,19 +268,8 @@ class GPT:
             x, c = self._block_forward(x, i, p_drop, rng, train, kv_cache)
             block_caches.append(c)
 
-        xf, lnf_c = ops.layernorm_forward(x, self.p["ln_f.w"], self._ln_b("ln_f.b"))
-        # LM head tied to the embedding: logits = xf @ wte^T. The transpose is a view, not a copy:
-        # BLAS reads it as is (copying 50257 x 768 floats cost ~1 s per decoded token at GPT-2
-        # size, 50x the matmul), and the Numba wrapper makes its own contiguous copy if it needs one.
-        w_head = self.p["wte"].T  # (C, V)
-        logits, head_c = ops.linear_forward(xf, w_head, None)  # (B, T, V)
-
-        loss, loss_c = None, None
-        if targets is not None:
-            loss_arr, loss_c = ops.cross_entropy_forward(logits, targets)
-            loss = float(loss_arr)
-        self._cache = (emb_c, pos_c, drop_c, block_caches, lnf_c, head_c, loss_c) if targets is not None else None
-        return logits, loss
+        xf, lnf_c = ops.layernorm_forward(x, self.p["ln_f.w"], self._ln_b("ln_f.b"))  # (B, T, C)
+        return xf, (emb_c, pos_c, drop_c, block_caches, lnf_c)
 
     def _block_forward(self, x, i, p_drop, rng, train, kv_cache):
         """One pre-LN block: x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)). x: (B, T, C)"""
@@ -291,26 +301,38 @@ class GPT:
         `model.grads` (every entry is overwritten, so there is no zero_grad). Returns `model.grads`."""
         if self._cache is None:
             raise ValueError("backward: expected a preceding forward(ids, targets) with targets, got none")
-        ops, g = self.ops, self.g
-        emb_c, pos_c, drop_c, block_caches, lnf_c, head_c, loss_c = self._cache
+        ops = self.ops
+        hidden_c, head_c, loss_c = self._cache
         self._cache = None  # one backward per forward: the caches are consumed
 
         dlogits = ops.cross_entropy_backward(np.ones((), dtype=self.dtype), loss_c)  # (B, T, V)
         # forward was: logits = xf @ wte^T  ->  dxf = dlogits @ wte, dwte (head part) = (xf^T @ dlogits)^T
         dxf, dw_head, _ = ops.linear_backward(dlogits, head_c)
-        dx, dw, db = ops.layernorm_backward(dxf, lnf_c)
-        self._put("ln_f", dw, db)
-        for i in reversed(range(self.config.n_layer)):
-            dx = self._block_backward(dx, i, block_caches[i])
-        dx = dropout_backward(dx, drop_c)
-        # forward was: x = emb + table[offset:offset+T]; a sinusoidal table is fixed (no gradient)
-        dx, dtable = positional_backward(dx, pos_c)
-        if self.config.pos == "learned":
-            g["wpe"][...] = dtable
+        self.hidden_backward(dxf, hidden_c)
         # wte is used twice (embedding lookup and LM head), so its gradient is the sum of both
-        g["wte"][...] = embedding_backward(dx, emb_c)
-        g["wte"] += dw_head.T
+        self.g["wte"] += dw_head.T
         return self.grads
+
+    def hidden_backward(self, dh, cache, first_block=0, embeddings=True):
+        """dh: (B, T, C), the gradient at `hidden_forward`'s output; writes into `model.grads` the
+        gradients of ln_f, of blocks first_block .. L-1 and, if `embeddings` (which needs
+        first_block = 0), of wte and wpe. Nothing else is written: a caller that trains only the
+        top of the network stops early and zeroes the rest itself (`finetune.GPTClassifier`)."""
+        if embeddings and first_block != 0:
+            raise ValueError(f"first_block: expected 0 when embeddings=True, got {first_block}")
+        ops, g = self.ops, self.g
+        emb_c, pos_c, drop_c, block_caches, lnf_c = cache
+        dx, dw, db = ops.layernorm_backward(dh, lnf_c)
+        self._put("ln_f", dw, db)
+        for i in reversed(range(first_block, self.config.n_layer)):
+            dx = self._block_backward(dx, i, block_caches[i])
+        if embeddings:
+            dx = dropout_backward(dx, drop_c)
+            # forward was: x = emb + table[offset:offset+T]; a sinusoidal table is fixed (no gradient)
+            dx, dtable = positional_backward(dx, pos_c)
+            if self.config.pos == "learned":
+                g["wpe"][...] = dtable
+            g["wte"][...] = embedding_backward(dx, emb_c)
 
     def _block_backward(self, dout, i, cache):
         """dout: (B, T, C) -> dx: (B, T, C); writes block i's parameter gradients."""

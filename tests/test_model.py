@@ -128,6 +128,26 @@ def test_forward_shapes_dtype_and_initial_loss(rng):
     np.testing.assert_allclose(logits2, logits[:, :5], rtol=1e-4, atol=1e-5)  # causal: no peeking ahead
 
 
+def test_hidden_pair_is_the_body_of_forward_and_backward(rng):
+    """hidden_forward's output is what the tied head reads; hidden_backward from the head's
+    gradient, plus the head's share of wte, gives exactly backward()'s gradients."""
+    m = _perturbed(tiny_model(), rng)
+    ids, targets = rng.integers(0, 11, size=(2, 6)), rng.integers(0, 11, size=(2, 6))
+    logits, _ = m.forward(ids, targets)
+    full = m.backward().copy()
+    h, cache = m.hidden_forward(ids)
+    np.testing.assert_allclose(h @ m.p["wte"].T, logits, rtol=1e-12, atol=1e-12)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    dlogits = (p - np.eye(11)[targets]) / targets.size  # d mean cross-entropy / d logits
+    m.grads[...] = np.nan  # every entry hidden_backward owns must be overwritten
+    m.hidden_backward(dlogits @ m.p["wte"], cache)
+    m.g["wte"] += (h.reshape(-1, 8).T @ dlogits.reshape(-1, 11)).T
+    np.testing.assert_allclose(m.grads, full, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="first_block"):
+        m.hidden_backward(dlogits @ m.p["wte"], cache, first_block=1)
+
+
 def test_backward_without_targets_is_an_error(rng):
     m = tiny_model()
     m.forward(rng.integers(0, 11, size=(1, 4)))

@@ -220,7 +220,7 @@ class GPT:
         after the cached ones, and their keys/values are appended to the cache.
         After a forward with targets, `backward()` computes the gradients.
         """
-        if kv_cache is not None and (train or targets is not None):
+        if kv_cache is not None and targets is not None:
             raise ValueError("kv_cache: only for inference (train=False, targets=None)")
         xf, hidden_c = self.hidden_forward(ids, train=train, rng=rng, kv_cache=kv_cache)
         # LM head tied to the embedding: logits = xf @ wte^T. The transpose is a view, not a copy:
@@ -255,6 +255,8 @@ class GPT:
                 f"ids: expected at most block_size={cfg.block_size} positions, got {offset + T}"
                 + (f" ({offset} cached + {T} new)" if offset else "")
             )
+        if kv_cache is not None and train:
+            raise ValueError("kv_cache: only for inference (train=False, targets=None)")
         p_drop = cfg.dropout if train else 0.0
 
         # embeddings: x = wte[ids] + pos[offset:offset+T], then dropout

@@ -184,6 +184,16 @@ def test_bad_ids_are_clear_errors(rng):
         m.forward(np.array([[1, 2]]), np.array([[1, 12]]))
 
 
+def test_kv_cache_is_for_inference_only():
+    m, ids = tiny_model(), np.array([[1, 2]])
+    with pytest.raises(ValueError, match="kv_cache: only for inference"):
+        m.forward(ids, ids, kv_cache=model_mod.KVCache(2))
+    with pytest.raises(ValueError, match="kv_cache: only for inference"):
+        m.forward(ids, train=True, rng=np.random.default_rng(0), kv_cache=model_mod.KVCache(2))
+    with pytest.raises(ValueError, match="kv_cache: only for inference"):
+        m.hidden_forward(ids, train=True, rng=np.random.default_rng(0), kv_cache=model_mod.KVCache(2))
+
+
 def test_dropout_needs_an_rng_only_in_training(rng):
     m = tiny_model(dropout=0.5)
     ids = rng.integers(0, 11, size=(2, 6))

@@ -36,6 +36,8 @@ from nanotransformer.generate import generate_ids
 from nanotransformer.model import GPT, GPTConfig
 from nanotransformer.train import AdamWFlat
 
+from bench_kernels import round_robin  # the script's own directory, benchmarks/, is on sys.path
+
 CONFIGS = {
     "tiny": dict(n_layer=4, d_model=128, n_head=4, block_size=64, B=16, vocab_size=65),
     "small": dict(n_layer=6, d_model=384, n_head=6, block_size=256, B=8, vocab_size=65),
@@ -164,15 +166,9 @@ def bench_config(name, cfg, backends, use_torch, steps, rounds, warm, gen):
     torch_version = None
     if use_torch:
         steps_fn["torch"], torch_version = torch_step_fn(cfg, ids, targets)
-    times = {k: [] for k in steps_fn}
-    for _ in range(rounds):
-        for k, fn in steps_fn.items():
-            t_end = time.perf_counter() + warm
-            fn()  # untimed, for at least `warm` seconds: caches and thread pools warm, the other
-            while time.perf_counter() < t_end:  # library's threads idle (see bench_kernels.round_robin)
-                fn()
-            times[k] += [_timed(fn) for _ in range(steps)]
-    tok = {k: B * T / float(np.median(ts)) for k, ts in times.items()}
+    # turns of `warm` seconds of untimed steps, then `steps` timed ones (see round_robin for why)
+    times = round_robin(steps_fn, rounds, block=steps, warm=warm)
+    tok = {k: B * T / median for k, (median, _) in times.items()}
     flops_per_token = 6 * n_params + 12 * cfg["n_layer"] * T * cfg["d_model"]
     gen_tps = {be: gen_tokens_per_s(cfg, be) for be in backends} if gen else {}
     return tok, flops_per_token, n_params, gen_tps, torch_version

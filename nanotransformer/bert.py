@@ -267,48 +267,49 @@ def train_mlm(model, ids, steps=500, batch_size=32, lr=1e-3, warmup=50, weight_d
     """Masked-LM pre-training on rows of `ids` (N, T) ([CLS] + text, padded): each step draws a
     batch, corrupts it afresh with `mask_tokens` (so every epoch masks different positions) and
     takes an AdamW step. Returns the list of losses."""
-    from .optim import AdamW, clip_grad_norm, lr_schedule
-
     check_array("ids", ids, ndim=2)
-    rng = np.random.default_rng(seed)
-    opt = AdamW(model.params, lr=lr, weight_decay=weight_decay * model.decay_mask)
     V = model.config.vocab_size
-    losses = []
-    for step in range(steps):
+
+    def batch_loss(rng):
         batch = ids[rng.integers(0, len(ids), size=batch_size)]
         x, y = mask_tokens(batch, rng, mask_id=SPECIALS.index("[MASK]"), vocab_size=V, mask_prob=mask_prob)
-        _, loss = model.forward(x, y, train=True, rng=rng)
-        model.backward()
-        clip_grad_norm(model.grads, grad_clip)
-        opt.step(model.grads, lr=lr_schedule(step, lr, warmup, steps, lr / 10))
-        losses.append(loss)
-        if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"step {step:5d}  mlm loss {loss:.4f}")
-    return losses
+        return model.forward(x, y, train=True, rng=rng)[1]
+
+    return _fit(model, batch_loss, steps, lr, warmup, weight_decay, grad_clip, seed, log_every, "mlm")
 
 
 def train_classifier(model, ids, labels, steps=200, batch_size=32, lr=3e-4, warmup=20, weight_decay=0.01,
                      grad_clip=1.0, seed=0, log_every=0):  # fmt: skip
     """Fine-tune every parameter for [CLS] classification. ids: (N, T) rows starting with [CLS],
     labels: (N,) -> list of losses. (Batches are trimmed to their longest row.)"""
-    from .optim import AdamW, clip_grad_norm, lr_schedule
-
     check_array("labels", labels, shape=(len(ids),))
-    rng = np.random.default_rng(seed)
-    opt = AdamW(model.params, lr=lr, weight_decay=weight_decay * model.decay_mask)
     pad = model.config.pad_id
-    losses = []
-    for step in range(steps):
+
+    def batch_loss(rng):
         idx = rng.integers(0, len(ids), size=batch_size)
         batch = ids[idx]
         batch = batch[:, : max(1, int((batch != pad).sum(axis=1).max()))]
-        _, loss = model.forward_cls(batch, labels[idx], train=True, rng=rng)
+        return model.forward_cls(batch, labels[idx], train=True, rng=rng)[1]
+
+    return _fit(model, batch_loss, steps, lr, warmup, weight_decay, grad_clip, seed, log_every, "classification")
+
+
+def _fit(model, batch_loss, steps, lr, warmup, weight_decay, grad_clip, seed, log_every, what):
+    """The loop both trainers share: `steps` AdamW steps on batch_loss(rng) (a forward on a batch
+    it draws with rng), gradients clipped, warm-up + cosine learning rate. -> list of losses"""
+    from .optim import AdamW, clip_grad_norm, lr_schedule
+
+    rng = np.random.default_rng(seed)
+    opt = AdamW(model.params, lr=lr, weight_decay=weight_decay * model.decay_mask)
+    losses = []
+    for step in range(steps):
+        loss = batch_loss(rng)
         model.backward()
         clip_grad_norm(model.grads, grad_clip)
         opt.step(model.grads, lr=lr_schedule(step, lr, warmup, steps, lr / 10))
         losses.append(loss)
         if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"step {step:5d}  classification loss {loss:.4f}")
+            print(f"step {step:5d}  {what} loss {loss:.4f}")
     return losses
 
 

@@ -198,13 +198,9 @@ class GPTClassifier:
         """ids: (B, T) int right-padded, lengths: (B,) real tokens per row, labels: (B,) int or None
         -> logits: (B, K), loss: float or None"""
         gpt = self.gpt
-        cfg = gpt.config
-        check_array("ids", ids, ndim=2)
-        check_ids("ids", ids, cfg.vocab_size)
+        check_array("ids", ids, ndim=2)  # the ids themselves and T <= block_size: hidden_forward
         B, T = ids.shape
         check_array("lengths", lengths, shape=(B,))
-        if T > cfg.block_size:
-            raise ValueError(f"ids: expected at most block_size={cfg.block_size} positions, got {T}")
         if lengths.min() < 1 or lengths.max() > T:
             raise ValueError(f"lengths: expected values in [1, {T}] (the padded length), got {lengths.min()}..{lengths.max()}")
         h, hidden_c = gpt.hidden_forward(ids, train=train, rng=rng)  # (B, T, C), after ln_f

@@ -174,6 +174,10 @@ def test_classifier_bad_input():
         clf.forward(ids, np.array([7, 1, 1]))
     with pytest.raises(ValueError, match="labels: expected ids in"):
         clf.forward(ids, lengths, np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="block_size=8 positions, got 9"):  # from GPT.hidden_forward
+        clf.forward(np.ones((3, 9), np.int64), np.array([9, 9, 9]))
+    with pytest.raises(ValueError, match=r"ids: expected ids in \[0, 12\), got 12"):
+        clf.forward(np.full((3, 4), 12), np.array([4, 4, 4]))
     with pytest.raises(ValueError, match="backward: expected a preceding forward"):
         clf.backward()
 

@@ -25,13 +25,14 @@ import sys
 import tempfile
 import time
 
+import numba
 import numpy as np
 
 from nanotransformer import attention as A
 from nanotransformer import kernels as K
-from nanotransformer import kernels_attention as KA
 from nanotransformer import layers as L
 from nanotransformer import optim as O
+from nanotransformer.kernels import attention as KA
 
 CONFIGS = {  # L layers, C d_model, NH heads, T context, B batch, V vocab (as bench_train.py)
     "tiny": dict(L=4, C=128, NH=4, T=64, B=16, V=65),
@@ -205,7 +206,8 @@ def bench_attention(repeat, rng):
 _FIRST_CALLS = r"""
 import time, numpy as np
 t0 = time.perf_counter()
-from nanotransformer import kernels as K, kernels_attention as KA
+from nanotransformer import kernels as K
+from nanotransformer.kernels import attention as KA, jit
 t_import = time.perf_counter() - t0
 rng = np.random.default_rng(0)
 f = lambda *s: rng.standard_normal(s).astype(np.float32)
@@ -218,7 +220,7 @@ def calls():
     p = f(10); K.adamw_update(p, f(10), np.zeros_like(p), np.zeros_like(p), 1, 1e-3, weight_decay=np.ones_like(p))
 times = []
 for serial_below in (0, 1 << 62):  # the threaded builds (training), then the serial ones (decoding)
-    K.SERIAL_BELOW = serial_below
+    jit.SERIAL_BELOW = serial_below
     t0 = time.perf_counter()
     calls()
     times.append(time.perf_counter() - t0)
@@ -252,7 +254,7 @@ def main(argv=None):
             ap.error(f"--configs: unknown config {c!r}, expected some of {list(CONFIGS)}")
     only = set(args.only.split(","))
     rng = np.random.default_rng(0)
-    print(f"# bench_kernels: numba threads {K.num_threads()} ({K.numba.config.THREADING_LAYER}), numpy {np.__version__}, "
+    print(f"# bench_kernels: numba threads {K.num_threads()} ({numba.config.THREADING_LAYER}), numpy {np.__version__}, "
           f"cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (other processes skew every figure)")
     if "ops" in only:
         bench_ops(configs, args.repeat, rng)

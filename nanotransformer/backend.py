@@ -1,5 +1,5 @@
 """The one place that chooses how the hot ops run: plain NumPy (`layers.py`, `attention.py`,
-`optim.py`) or Numba kernels (`kernels.py`, `kernels_attention.py`).
+`optim.py`) or the Numba kernels of the `kernels/` package (one module per op).
 
     ops = get_ops()                 # default "auto": per op, whichever is faster (table AUTO below)
     ops = get_ops("numpy")          # force the readable reference everywhere
@@ -88,15 +88,15 @@ _BUILT = {"numpy": _NUMPY}
 
 def _numba_ops():
     """The Numba namespace, imported on first use (so NumPy-only users never load Numba)."""
-    from . import kernels, kernels_attention
+    from . import kernels
 
     return SimpleNamespace(
         name="numba",
         choices={pair: "numba" for pair in OP_PAIRS},
         linear_forward=kernels.linear_forward,
         linear_backward=kernels.linear_backward,
-        attention_forward=kernels_attention.attention_forward,
-        attention_backward=kernels_attention.attention_backward,
+        attention_forward=kernels.attention_forward,
+        attention_backward=kernels.attention_backward,
         layernorm_forward=kernels.layernorm_forward,
         layernorm_backward=kernels.layernorm_backward,
         gelu_forward=kernels.gelu_forward,

@@ -10,7 +10,13 @@ sizes that leave edges beside it, and (when compiled) sizes past its KC / NC cac
 the attention's R-row query blocks. Run with NUMBA_DISABLE_JIT=1 to execute the same kernels as plain Python
 (for coverage); the large-shape cases are skipped there to keep the run short.
 """
+import importlib
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -18,9 +24,16 @@ import pytest
 
 from nanotransformer import attention as A
 from nanotransformer import kernels as K
-from nanotransformer import kernels_attention as KA
 from nanotransformer import layers as L
 from nanotransformer import optim as O
+from nanotransformer.kernels import attention as KA
+from nanotransformer.kernels import jit as KJ
+
+# the modules of the float kernels (by import_module: the package's `matmul` is the function)
+FLOAT_MODULES = [
+    importlib.import_module(f"nanotransformer.kernels.{m}")
+    for m in ("jit", "matmul", "attention", "layernorm", "gelu", "cross_entropy", "adamw")
+]
 
 JIT_OFF = bool(numba.config.DISABLE_JIT)
 big = pytest.mark.skipif(JIT_OFF, reason="large shape: too slow as plain Python (NUMBA_DISABLE_JIT=1)")
@@ -30,9 +43,9 @@ DTYPES = [np.float64, np.float32]
 
 @pytest.fixture(params=["serial", "threaded"])
 def build(request, monkeypatch):
-    """Every kernel has a threaded build and a serial one for small calls (kernels._run picks by
-    size): run the small test shapes through each."""
-    monkeypatch.setattr(K, "SERIAL_BELOW", 1 << 62 if request.param == "serial" else 0)
+    """Every kernel has a threaded build and a serial one for small calls (kernels.jit.run picks
+    by size): run the small test shapes through each."""
+    monkeypatch.setattr(KJ, "SERIAL_BELOW", 1 << 62 if request.param == "serial" else 0)
     return request.param
 
 
@@ -231,8 +244,8 @@ def _exp_tanh_f32(x):
     e = np.empty_like(x)
     t = np.empty_like(x)
     for i in range(x.shape[0]):
-        e[i] = K._exp(x[i])
-        t[i] = K._tanh(x[i])
+        e[i] = KJ.exp(x[i])
+        t[i] = KJ.tanh(x[i])
     return e, t
 
 
@@ -316,15 +329,69 @@ def test_wrappers_validate(call, arg, rng):
         call(rng)
 
 
+def _float_kernels():
+    """Every `*_nb` function of the float kernel modules (kernels and jit.py's helpers), once each."""
+    found = {id(f): f for mod in FLOAT_MODULES for n, f in vars(mod).items() if n.endswith("_nb") and callable(f)}
+    return list(found.values())
+
+
 def test_kernels_are_cached_and_use_one_fastmath_set():
     """STYLE: one FASTMATH constant, never nnan/ninf; every kernel is cache=True."""
     assert not {"nnan", "ninf", "fast"} & set(K.FASTMATH)
-    kernels = [getattr(mod, n) for mod in (K, KA) for n in dir(mod) if n.startswith("_") and n.endswith("_nb")]
+    kernels = _float_kernels()
     assert len(kernels) >= 10
     if not JIT_OFF:
         for kern in kernels + [k.serial for k in kernels if hasattr(k, "serial")]:
             assert type(kern._cache).__name__ == "FunctionCache", f"{kern.py_func.__name__}: not cache=True"
             assert kern.targetoptions["fastmath"] == K.FASTMATH, kern
+
+
+@pytest.mark.skipif(JIT_OFF, reason="nothing is compiled or cached with NUMBA_DISABLE_JIT=1")
+def test_kernel_caches_are_keyed_on_jit_py():
+    """Each float kernel's on-disk cache stamp includes jit.py's hash (jit.cache_depends_on_this_file)."""
+    for kern in _float_kernels():
+        for build in (kern, getattr(kern, "serial", kern)):
+            assert build._cache._cache_file._source_stamp[1] == KJ._THIS_FILE_SHA256, build.py_func.__name__
+
+
+_GELU_SCRIPT = """
+import numpy as np
+import ntcopy.kernels as K
+out, _ = K.gelu_forward(np.linspace(-3, 3, 7, dtype=np.float32))  # 7 elements: the serial build
+print(out.tolist())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(JIT_OFF, reason="nothing is compiled or cached with NUMBA_DISABLE_JIT=1")
+def test_editing_jit_py_invalidates_other_modules_caches(tmp_path):
+    """End to end, in a copy of the package: gelu.py's kernel inlines jit.tanh; after an edit of
+    jit.py alone, a new process must recompile it rather than load the old machine code (Numba
+    by itself would load it: its cache looks only at gelu.py)."""
+    src = Path(K.__file__).parent.parent
+    pkg = tmp_path / "ntcopy"  # another name: every import inside the package is relative
+    shutil.copytree(src, pkg, ignore=shutil.ignore_patterns("__pycache__", "data", "*.nb[ic]"))
+    (pkg / "__init__.py").write_text("")  # only the kernels and what they import
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}  # cache in the copy's __pycache__
+    env.update(NUMBA_DEBUG_CACHE="1", PYTHONPATH=str(tmp_path))
+
+    def run():
+        cmd = [sys.executable, "-c", _GELU_SCRIPT]
+        out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+        loaded = any("data loaded from" in ln and "_gelu_forward_nb" in ln for ln in out.stdout.splitlines())
+        return out.stdout.strip().splitlines()[-1], loaded
+
+    before, loaded = run()
+    assert not loaded
+    again, loaded = run()
+    assert again == before and loaded  # untouched: machine code from the cache
+    jit_py = pkg / "kernels" / "jit.py"
+    old = "return np.float32(1.0) - np.float32(2.0) / (_exp_f32("
+    assert old in jit_py.read_text()
+    jit_py.write_text(jit_py.read_text().replace(old, "return np.float32(0.5) - np.float32(2.0) / (_exp_f32("))
+    after, loaded = run()
+    assert not loaded and after != before  # recompiled with the edited tanh
 
 
 def test_lse_cache_is_small(rng):

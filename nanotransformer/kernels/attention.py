@@ -10,7 +10,7 @@ Forward, per (batch, head) and query row i, in one pass:
     out_i = sum_j exp(s_j - m) / l * v_j
 computed for a block of R query rows at a time (an R x Tk scratch array per thread, not the
 Tq x Tk attention matrix, which is never stored). The products S = Q K^T and P V run on the
-matmul's 4 x 32 register tile (`kernels._gemm_nb`), each 4-row tile only as wide as its last
+matmul's 4 x 32 register tile (`jit.gemm_nb`), each 4-row tile only as wide as its last
 row may see (the causal triangle, rounded up to 32 keys), so the masked half is skipped rather
 than computed and discarded. The cache keeps q, k, v, out and the row log-sum-exp `lse` (Tq
 numbers per head).
@@ -38,10 +38,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from . import attention as reference
-# Numba's on-disk cache is invalidated by edits to *this* file only: after changing a helper
-# imported here (say _gemm_nb), delete nanotransformer/__pycache__/kernels_attention*.nb[ic].
-from .kernels import JIT, MR, NR, _exp, _gemm_nb, _kernel, _row_max, _run, _transpose_block
+from .. import attention as reference
+from .jit import JIT, MR, NR, exp, gemm_nb, kernel, row_max, run, transpose_block
 
 # Query rows per block. dK = dS^T Q and dV = P^T dO sum over the block's rows, so a longer block
 # means fewer passes over dK and dV; the scratch P and dS blocks are R x Tk each.
@@ -72,12 +70,12 @@ def _scores(s, q, k_t, i0, m, offset, Tk, causal):
     for g in range(0, m, MR):
         g1 = min(g + MR, m)
         n_g = _n_computed(i0 + g1 - 1, offset, Tk, causal)
-        _gemm_nb(s, q[i0:], k_t, g, g1, 0, n_g, hs, False, False)
+        gemm_nb(s, q[i0:], k_t, g, g1, 0, n_g, hs, False, False)
         n_hi = n_g
     return n_hi
 
 
-@_kernel
+@kernel
 def _attention_forward_nb(out, lse, q, k, v, causal, scale, R):
     """Numba kernel for `attention.attention_forward` (causal or unmasked).
 
@@ -90,7 +88,7 @@ def _attention_forward_nb(out, lse, q, k, v, causal, scale, R):
     zero = q.dtype.type(0)
     for bh in prange(BH):  # (batch, head) bh writes only out[bh] and lse[bh]
         k_t = np.empty((hs, Tk), dtype=q.dtype)  # K^T, so that S = Q K^T reads rows of K^T
-        _transpose_block(k_t, k[bh], Tk, hs)
+        transpose_block(k_t, k[bh], Tk, hs)
         s = np.empty((R, Tk), dtype=q.dtype)  # scores, then probabilities, of R query rows
         for i0 in range(0, Tq, R):
             m = min(R, Tq - i0)  # rows in this block
@@ -101,10 +99,10 @@ def _attention_forward_nb(out, lse, q, k, v, causal, scale, R):
                 g1 = min(r - r % MR + MR, m)  # end of row r's tile row: its scores are n_c wide
                 n_c = _n_computed(i0 + g1 - 1, offset, Tk, causal)
                 row = s[r]
-                mx = _row_max(row, n) * scale  # scale > 0, so max(scale * s) = scale * max(s)
+                mx = row_max(row, n) * scale  # scale > 0, so max(scale * s) = scale * max(s)
                 l = zero
                 for j in range(n):  # subtracting the max: the largest term is exp(0) = 1
-                    e = _exp(row[j] * scale - mx)
+                    e = exp(row[j] * scale - mx)
                     row[j] = e
                     l += e
                 lse[bh, i0 + r] = mx + math.log(l)
@@ -117,10 +115,10 @@ def _attention_forward_nb(out, lse, q, k, v, causal, scale, R):
             for g in range(0, m, MR):
                 g1 = min(g + MR, m)
                 n_g = _n_computed(i0 + g1 - 1, offset, Tk, causal)
-                _gemm_nb(out[bh, i0:], s, v[bh], g, g1, 0, hv, n_g, False, False)
+                gemm_nb(out[bh, i0:], s, v[bh], g, g1, 0, hv, n_g, False, False)
 
 
-@_kernel
+@kernel
 def _attention_backward_nb(dq, dk, dv, dout, q, k, v, out, lse, causal, scale, R):
     """Numba kernel for `attention.attention_backward` (causal or unmasked).
 
@@ -133,9 +131,9 @@ def _attention_backward_nb(dq, dk, dv, dout, q, k, v, out, lse, causal, scale, R
     zero = q.dtype.type(0)
     for bh in prange(BH):  # (batch, head) bh writes only dq[bh], dk[bh], dv[bh]: no race on dk/dv
         k_t = np.empty((hs, Tk), dtype=q.dtype)  # K^T for S = Q K^T
-        _transpose_block(k_t, k[bh], Tk, hs)
+        transpose_block(k_t, k[bh], Tk, hs)
         v_t = np.empty((hv, Tk), dtype=q.dtype)  # V^T for dP = dO V^T
-        _transpose_block(v_t, v[bh], Tk, hv)
+        transpose_block(v_t, v[bh], Tk, hv)
         p = np.empty((R, Tk), dtype=q.dtype)  # P of the block's rows, recomputed
         ds = np.empty((R, Tk), dtype=q.dtype)  # dP, then dS
         dk[bh] = zero
@@ -155,7 +153,7 @@ def _attention_backward_nb(dq, dk, dv, dout, q, k, v, out, lse, causal, scale, R
                 for c in range(hv):
                     D += dout[bh, i0 + r, c] * out[bh, i0 + r, c]
                 for j in range(n):
-                    pj = _exp(prow[j] * scale - l)
+                    pj = exp(prow[j] * scale - l)
                     prow[j] = pj
                     drow[j] = pj * (drow[j] - D) * scale  # scale folded in: S = scale * Q K^T
                 for j in range(n, n_hi):  # masked, or never computed for this row: 0
@@ -165,14 +163,14 @@ def _attention_backward_nb(dq, dk, dv, dout, q, k, v, out, lse, causal, scale, R
             for g in range(0, m, MR):
                 g1 = min(g + MR, m)
                 n_g = _n_visible(i0 + g1 - 1, offset, Tk, causal)
-                _gemm_nb(dq[bh, i0:], ds, k[bh], g, g1, 0, hs, n_g, False, False)
+                gemm_nb(dq[bh, i0:], ds, k[bh], g, g1, 0, hs, n_g, False, False)
             # dV += P^T @ dO_blk and dK += dS^T @ Q_blk, four keys at a time, each summing over the
             # block's rows from the first one that sees any of the four (earlier rows have P = 0)
             for j in range(0, n_hi, MR):
                 j1 = min(j + MR, n_hi)
                 r0 = min(max(0, j - offset - i0), m) if causal else 0
-                _gemm_nb(dv[bh], p[r0:], dout[bh, i0 + r0 :], j, j1, 0, hv, m - r0, True, True)
-                _gemm_nb(dk[bh], ds[r0:], q[bh, i0 + r0 :], j, j1, 0, hs, m - r0, True, True)
+                gemm_nb(dv[bh], p[r0:], dout[bh, i0 + r0 :], j, j1, 0, hv, m - r0, True, True)
+                gemm_nb(dk[bh], ds[r0:], q[bh, i0 + r0 :], j, j1, 0, hs, m - r0, True, True)
 
 
 def attention_forward(q, k, v, causal=False, key_padding_mask=None):
@@ -195,7 +193,7 @@ def attention_forward(q, k, v, causal=False, key_padding_mask=None):
     # why sqrt(hs): see attention.attention_forward
     scale = q.dtype.type(1.0 / math.sqrt(hs))
     if Tq and Tk:
-        _run(_attention_forward_nb, q3.size * Tk, out3, lse, q3, k3, v3, bool(causal), scale, R)
+        run(_attention_forward_nb, q3.size * Tk, out3, lse, q3, k3, v3, bool(causal), scale, R)
     else:
         out3[...] = 0
     return out3.reshape(q.shape[:-1] + (hv,)), ("fused", q3, k3, v3, out3, lse, bool(causal), scale, q.shape, k.shape)
@@ -211,7 +209,7 @@ def attention_backward(dout, cache):
     dv = np.empty_like(v3)
     if q3.shape[1] and k3.shape[1]:
         d3 = np.ascontiguousarray(dout.reshape(out3.shape))
-        _run(_attention_backward_nb, q3.size * k3.shape[1], dq, dk, dv, d3, q3, k3, v3, out3, lse, causal, scale, R)
+        run(_attention_backward_nb, q3.size * k3.shape[1], dq, dk, dv, d3, q3, k3, v3, out3, lse, causal, scale, R)
     else:
         dq[...], dk[...], dv[...] = 0, 0, 0
     return dq.reshape(q_shape), dk.reshape(k_shape), dv.reshape(k_shape[:-1] + (v3.shape[2],))

@@ -1,0 +1,74 @@
+"""Numba kernels for the hot loop, one module per op, each the fast twin of one NumPy reference:
+
+    module            kernels                                NumPy twin
+    matmul.py         _matmul_nb, _transpose_nb              layers.linear_{forward,backward}
+    attention.py      _attention_{forward,backward}_nb       attention.attention_{forward,backward}
+    layernorm.py      _layernorm_{forward,backward}_nb       layers.layernorm_{forward,backward}
+    gelu.py           _gelu_{forward,backward}_nb            layers.gelu_{forward,backward}
+    cross_entropy.py  _cross_entropy_{forward,backward}_nb   layers.cross_entropy_{forward,backward}
+    adamw.py          _adamw_update_nb                       optim.adamw_update
+    bpe.py            _count_pairs_nb, _pop_best_pair_nb,    bpe.train_reference
+                      _merge_pair_nb
+                      _encode_chunks_nb                      bpe.encode_chunk_reference
+    jit.py            no op: what the float kernels share (compile options, the threaded and
+                      serial builds, exp/tanh, the register-tile product gemm_nb, thread setup)
+
+Each op module has a public wrapper with its twin's signature, so `backend.get_ops("numba")` is a
+drop-in replacement: `linear_forward(x, w, b) -> (out, cache)`, `linear_backward(dout, cache) ->
+(dx, dw, db)`, ... The wrapper validates (dtype, shapes, index ranges), makes its arguments
+C-contiguous and allocates the outputs; the kernel `_xxx_forward_nb(outputs..., inputs...)` never
+validates, writes into its preallocated outputs (first in the argument list, as in llm.c) and is
+compiled with `cache=True` so a second process loads machine code from disk instead of
+recompiling. A cache is only ever handed back to the backward of the same backend, so ours may
+hold different things from the NumPy one (the layer-norm cache keeps x, mean and rstd rather than
+xhat). This namespace re-exports the wrappers: `kernels.attention_forward`, `kernels.matmul(a, b)`
+(here `matmul` is the function; for the module, `from nanotransformer.kernels.matmul import ...`).
+
+Dimension legend (each module repeats its own): N rows (B * T flattened), C channels, C_in/C_out
+linear sizes, V vocab, M x K @ K x N for a bare matmul, BH = B * NH (batch, heads), Tq/Tk queries
+and keys, hs head size.
+
+Parallelism: `prange` splits only an axis whose writes never overlap (rows of the output);
+reductions across rows (dW, db of layer norm) give each chunk of rows its own partial sum and add
+the partials afterwards. Chunks are a fixed number, not the thread count, so results do not
+depend on how many threads ran them. Each float kernel is compiled twice from one source
+(`jit.kernel`): threaded, and serial for calls too small to repay waking the threads (`jit.run`,
+`jit.SERIAL_BELOW`; set `kernels.jit.SERIAL_BELOW` to move the threshold, it is read per call).
+
+Numbers: float32 and float64 both work (the parity tests run both); every scalar is cast to the
+arrays' dtype in the wrapper so float32 stays float32 inside the kernels.
+
+On-disk cache: Numba's `cache=True` notices an edit only of the file a function is defined in,
+not of the functions it calls, yet `jit.py`'s helpers are inlined into every float kernel. So
+importing the package ties every float kernel's cache to `jit.py`'s contents as well
+(`jit.cache_depends_on_this_file`, called below): edit any file of this package and the next run
+recompiles what the edit affects (all float kernels for jit.py, one module's for the others);
+nothing to delete by hand. If Numba's cache internals ever change, that tie warns at import
+and the rule is back to Numba's own: after editing jit.py, delete the cache by hand,
+`find nanotransformer -name '*.nbi' -delete` (the index files; stale .nbc data files are then
+overwritten), or everything under $NUMBA_CACHE_DIR if you set it.
+
+Does not: run fast under NUMBA_DISABLE_JIT=1 (the same code then runs as plain Python, which the
+CI uses for coverage), or use BLAS (that is the "numpy" backend: backend.AUTO records which one
+the default picks per op, and why).
+"""
+from . import adamw, attention, bpe, cross_entropy, gelu, jit, layernorm, matmul
+
+# The float kernels inline jit.py's helpers: key their on-disk cache on jit.py too (see above).
+# Done before the re-exports, after which `matmul` here names the function, not the module.
+jit.cache_depends_on_this_file(jit, matmul, attention, layernorm, gelu, cross_entropy, adamw)
+
+from .adamw import adamw_update  # noqa: E402
+from .attention import attention_backward, attention_forward  # noqa: E402
+from .bpe import PairTable, encode_chunks, train_fast  # noqa: E402
+from .cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: E402
+from .gelu import gelu_backward, gelu_forward  # noqa: E402
+from .jit import FASTMATH, num_threads  # noqa: E402
+from .layernorm import layernorm_backward, layernorm_forward  # noqa: E402
+from .matmul import linear_backward, linear_forward, matmul, transpose  # noqa: E402
+
+__all__ = [
+    "FASTMATH", "PairTable", "adamw_update", "attention_backward", "attention_forward", "cross_entropy_backward",
+    "cross_entropy_forward", "encode_chunks", "gelu_backward", "gelu_forward", "layernorm_backward",
+    "layernorm_forward", "linear_backward", "linear_forward", "matmul", "num_threads", "train_fast", "transpose",
+]  # fmt: skip

@@ -1,0 +1,368 @@
+"""The machinery every Numba kernel of the package shares (internal: the op modules import it).
+
+- `FASTMATH`, `JIT`: the one set of compile options (fastmath flags, error model, `cache=True`).
+- `kernel`, `run`: compile a kernel twice from one source, threaded and serial, and run the serial
+  build for calls too small to repay waking the threads (`SERIAL_BELOW`).
+- `exp`, `tanh`: scalar exp and tanh for use inside kernels: NumPy-accurate libm calls in float64,
+  vectorisable polynomial versions in float32 (libm's are scalar calls that block SIMD; this
+  Numba has no SVML). `row_max`: the max of a row, four comparisons in flight.
+- `gemm_nb`: the blocked matrix product on a 4 x 32 register tile (`MR` x `NR`), which
+  `matmul.py` threads over blocks of the output and `attention.py` runs per (batch, head);
+  `transpose_block`: a small tiled transpose inside a kernel (`TB`).
+- Thread pool setup (`OMP_WAIT_POLICY`) and `num_threads`.
+- `cache_depends_on_this_file`: ties the on-disk cache of every kernel to this file's contents
+  too, because the helpers here are inlined into kernels defined elsewhere (see the last section).
+
+Dimension legend: out = A @ b with A (M, K) and b (K, N); MR x NR register tile, KC k block.
+
+Does not: implement any op (each has its own module) or validate arguments (the op modules'
+wrappers do; nothing here is called with unchecked user input).
+"""
+import hashlib
+import math
+import os
+import types as types_
+import warnings
+from pathlib import Path
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.core.caching import FunctionCache
+from numba.extending import intrinsic, overload
+
+# One set of fastmath flags for every kernel. Allowed: reassociation (so reductions vectorise),
+# FMA contraction, approximate reciprocals/functions, no signed zeros. Never `nnan`/`ninf`: the
+# kernels must still see the -inf of a mask and propagate a NaN rather than assume it away.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+# error_model="numpy": a division by zero gives inf/nan like NumPy instead of a Python exception;
+# the exception check is a branch inside the loop that stops LLVM from vectorising it.
+JIT = dict(fastmath=FASTMATH, error_model="numpy", cache=True)
+
+# Numba's thread pool: Numba's default choice (TBB if installed, else OpenMP, else workqueue),
+# with OpenMP's idle threads told to sleep (OMP_WAIT_POLICY=PASSIVE) unless the user set a policy.
+# Measured on 2 cores: by default OpenMP threads spin after a kernel, and alternating BLAS calls
+# (whose threads also spin) with Numba kernels then ran a training step 3.5x slower; with passive
+# threads there is no interference. The workqueue pool sleeps too, but entering a parallel region
+# cost 80 us there against 3 us for OpenMP, and a 1M-element loop ran slower on 2 workqueue
+# threads than on one (1.8x faster on 2 OpenMP threads). The variable must be set before the
+# OpenMP runtime starts, i.e. before the first parallel kernel runs; a runtime that another
+# library started earlier keeps its own policy.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# Below this much work (elements touched, or multiply-adds for products) a kernel runs its serial
+# build: entering a parallel region costs 3 us (OpenMP, sleeping threads to wake) to 80 us
+# (workqueue), more on a busy machine, against ~0.2 us for a plain call, and a decoding step
+# or a tiny batch is made of such small calls.
+SERIAL_BELOW = 1 << 16
+
+
+def kernel(fn):
+    """@kernel: compile `fn` twice from one source, threaded (`prange` splits the loop over
+    threads) and, as `.serial`, for the calling thread alone (`prange` is then `range`)."""
+    threaded = njit(parallel=True, **JIT)(fn)
+    # a renamed copy of the function, so that Numba's on-disk cache keeps the two builds apart
+    twin = types_.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + "_serial"
+    threaded.serial = njit(**JIT)(twin)
+    return threaded
+
+
+def run(kernel, work, *args):
+    """kernel(*args), or its serial build if `work` is below SERIAL_BELOW (see there)."""
+    return kernel(*args) if work >= SERIAL_BELOW else kernel.serial(*args)
+
+
+# ----------------------------------------------------------------------------- exp, tanh
+
+def exp(x):
+    """exp(x) for a scalar. In Python (NUMBA_DISABLE_JIT=1) it is math.exp; compiled, see below."""
+    return math.exp(x)
+
+
+def tanh(x):
+    """tanh(x) for a scalar. In Python (NUMBA_DISABLE_JIT=1) it is math.tanh; compiled, see below."""
+    return math.tanh(x)
+
+
+@intrinsic
+def _pow2_f32(typingctx, k):
+    """2.0^k as a float32, for a float32 k holding a whole number in [-126, 127], built from its
+    bits: the exponent field is k + 127 and the mantissa 0. A conversion, an add, a shift and a
+    bitcast, all on 32-bit lanes, which LLVM vectorises; a table of powers of two would need a
+    SIMD gather per lookup instead (and Numba would do integer arithmetic on int32 in int64)."""
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        bits = builder.shl(builder.add(builder.fptosi(args[0], i32), ir.Constant(i32, 127)), ir.Constant(i32, 23))
+        return builder.bitcast(bits, ir.FloatType())
+
+    return types.float32(types.float32), codegen
+
+
+# The float32 exp below is compiled without `reassoc`: it relies on the order of its float
+# operations (the Cody-Waite split of ln 2, and 2^n applied as two factors that overflow only in
+# the right order). Its flags stay on its instructions when LLVM inlines it into a kernel.
+_JIT_ORDERED = dict(JIT, fastmath=FASTMATH - {"reassoc"})
+
+
+@njit(**_JIT_ORDERED)
+def _exp_f32(x):
+    # exp(x) = 2^n * exp(r), n = round(x / ln 2), |r| <= ln2 / 2 (Cody-Waite: ln 2 split into a
+    # short high part, exact in n * hi, and a low correction). exp(r) by its Taylor series to
+    # r^6 (error < 3e-7 relative, about float32's own rounding), 2^n from its bits: plain
+    # float32 arithmetic, which LLVM turns into SIMD. Every constant is a float32 and n comes
+    # from np.floor (a float32), not math.floor (a Python int, which would turn the whole
+    # polynomial into float64: 4x slower). The result is (2 p) * 2^(n-1), and 2^(n-1) is
+    # 2^h * 2^(n-1-h) with h = (n-1) // 2, so each factor is a normal float32 from n = -150
+    # (exp(-104): below the smallest denormal, 0) to n = 128 (x just below the overflow at 88.72).
+    if x != x:  # NaN in, NaN out (the clamp below would otherwise turn it into a number)
+        return x
+    x = min(max(x, np.float32(-104.0)), np.float32(88.8))  # exp(-104) = 0 and exp(88.8) = inf in float32
+    n = np.floor(x * np.float32(1.44269504) + np.float32(0.5))
+    r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
+    p = np.float32(1 / 720)
+    p = p * r + np.float32(1 / 120)
+    p = p * r + np.float32(1 / 24)
+    p = p * r + np.float32(1 / 6)
+    p = p * r + np.float32(0.5)
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    e = n - np.float32(1.0)
+    h = np.floor(e * np.float32(0.5))
+    return (p + p) * _pow2_f32(h) * _pow2_f32(e - h)
+
+
+@njit(**JIT)
+def _tanh_f32(x):
+    # tanh(x) = 1 - 2 / (exp(2x) + 1): exact algebra, inf-safe (exp -> inf gives 1, -> 0 gives -1).
+    # Absolute error ~1e-7, which is what float32 GELU needs (its output is x * (1 + tanh) / 2).
+    return np.float32(1.0) - np.float32(2.0) / (_exp_f32(np.float32(2.0) * x) + np.float32(1.0))
+
+
+@overload(exp, jit_options=dict(fastmath=FASTMATH, error_model="numpy"))
+def _exp_impl(x):
+    if x == types.float32:
+        return lambda x: _exp_f32(x)
+    return lambda x: math.exp(x)
+
+
+@overload(tanh, jit_options=dict(fastmath=FASTMATH, error_model="numpy"))
+def _tanh_impl(x):
+    if x == types.float32:
+        return lambda x: _tanh_f32(x)
+    return lambda x: math.tanh(x)
+
+
+@njit(**JIT)
+def row_max(row, n):
+    """max(row[:n]), n >= 1, with four independent running maxima. Without fastmath `nnan`,
+    LLVM will not turn a max into SIMD, and a single chain waits on every comparison; four
+    chains keep four comparisons in flight. (A NaN may be skipped here, but it still reaches
+    the result through the exp(x - max) that follows.)"""
+    m0 = m1 = m2 = m3 = row[0]
+    j = 0
+    while j + 4 <= n:
+        m0 = max(m0, row[j])
+        m1 = max(m1, row[j + 1])
+        m2 = max(m2, row[j + 2])
+        m3 = max(m3, row[j + 3])
+        j += 4
+    for jj in range(j, n):
+        m0 = max(m0, row[jj])
+    return max(max(m0, m1), max(m2, m3))
+
+
+# ----------------------------------------------------------------------------- blocked product
+#
+# out = A @ b, b stored (K, N) row-major, A either a (M, K) array or the transpose of a (K, M) one
+# (`a_t`), so that x @ w, dout @ w.T (w transposed once) and x.T @ dout (dW) need no copy of the
+# big operand. Three levels of blocking, from the inside out:
+#
+# 1. Register tile (MR x NR = 4 x 32): the 128 running sums of a 4-row, 32-column block of out
+#    live in registers (8 AVX-512 or 16 AVX2 registers in float32) for a whole stretch of k. Each
+#    step of k loads one 32-wide row of b (SIMD loads) and 4 numbers of A (broadcasts), and does
+#    128 multiply-adds: the "outer-product" form of a GEMM micro-kernel (BLIS, OpenBLAS). There
+#    are no horizontal sums, so a short k (64, the head size) costs nothing extra.
+#    How the sums stay in registers: they are a (4, 32) array on the stack (`_acc_tile`), indexed
+#    only by loop counters with constant bounds; LLVM unrolls those loops, replaces the array by
+#    scalars and packs the scalars into SIMD registers. Two details matter, measured: the four
+#    rows are written out (x0..x3, not a loop over rows), and b is read through a row view
+#    `b[k, j:j+NR]` indexed from 0 (Numba wraps negative indices, and an index it cannot prove
+#    non-negative, like j + c, turns SIMD loads into gathers: 10x slower).
+# 2. Cache blocks: a k-block of KC rows of b's 32-column strip (KC x 32 x 4 B = 32 KB) stays in
+#    L1 while the 4-row tiles of a task's rows sweep over it.
+# 3. Threads: `matmul._matmul_nb` runs `gemm_nb` on (MC rows) x (NC columns) blocks of out in
+#    parallel; `attention.py` runs it serially inside each (batch, head).
+
+MR, NR = 4, 32  # register tile: rows x columns of out per micro-kernel call
+KC = 256  # k block
+
+
+
+@intrinsic
+def _stack_alloc(typingctx, x):
+    """A pointer to MR * NR uninitialised numbers of x's type on the stack (an LLVM alloca)."""
+
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(x), size=context.get_constant(types.intp, MR * NR))
+
+    return types.CPointer(x)(x), codegen
+
+
+def _acc_tile(x):
+    """A (MR, NR) scratch array of x's dtype. In Python (NUMBA_DISABLE_JIT=1) a NumPy array;
+    compiled, a view of stack memory (see _acc_tile_impl), which LLVM can keep in registers."""
+    return np.empty((MR, NR), dtype=np.asarray(x).dtype)
+
+
+@overload(_acc_tile, jit_options=dict(fastmath=FASTMATH, error_model="numpy"))
+def _acc_tile_impl(x):
+    return lambda x: numba.carray(_stack_alloc(x), (MR, NR))
+
+
+@njit(**JIT)
+def _tile_nb(out, a, b, i, j, k0, k1, add):
+    """out[i:i+4, j:j+NR] (+)= a[i:i+4, k0:k1] @ b[k0:k1, j:j+NR] with the 4 x NR sums in
+    registers (see the section comment). `add`: accumulate into out, else overwrite it."""
+    acc = _acc_tile(out[i, j])
+    for r in range(MR):
+        for c in range(NR):
+            acc[r, c] = 0
+    for k in range(k0, k1):
+        x0, x1, x2, x3 = a[i, k], a[i + 1, k], a[i + 2, k], a[i + 3, k]
+        bk = b[k, j : j + NR]
+        for c in range(NR):
+            y = bk[c]
+            acc[0, c] += x0 * y
+            acc[1, c] += x1 * y
+            acc[2, c] += x2 * y
+            acc[3, c] += x3 * y
+    _store_tile(out, acc, i, j, add)
+
+
+@njit(**JIT)
+def _tile_t_nb(out, a, b, i, j, k0, k1, add):
+    """_tile_nb with A = a.T: out[i:i+4, j:j+NR] (+)= a[k0:k1, i:i+4].T @ b[k0:k1, j:j+NR]. A
+    separate function, not a flag: a branch inside the k loop costs 2x (measured). Nor is the
+    k loop shared through a helper taking `acc`: handed to a call, the sums stay in memory
+    instead of registers (measured: 7x slower)."""
+    acc = _acc_tile(out[i, j])
+    for r in range(MR):
+        for c in range(NR):
+            acc[r, c] = 0
+    for k in range(k0, k1):
+        ak = a[k, i : i + MR]
+        x0, x1, x2, x3 = ak[0], ak[1], ak[2], ak[3]
+        bk = b[k, j : j + NR]
+        for c in range(NR):
+            y = bk[c]
+            acc[0, c] += x0 * y
+            acc[1, c] += x1 * y
+            acc[2, c] += x2 * y
+            acc[3, c] += x3 * y
+    _store_tile(out, acc, i, j, add)
+
+
+@njit(**JIT)
+def _store_tile(out, acc, i, j, add):
+    """out[i:i+MR, j:j+NR] (+)= acc"""
+    for r in range(MR):
+        o = out[i + r, j : j + NR]
+        for c in range(NR):
+            o[c] = o[c] + acc[r, c] if add else acc[r, c]
+
+
+@njit(**JIT)
+def _rows_nb(out, a, b, i0, i1, j0, j1, k0, k1, add, a_t):
+    """out[i0:i1, j0:j1] (+)= A[i0:i1, k0:k1] @ b[k0:k1, j0:j1] one row at a time (SIMD along the
+    row of b): the edges that do not fill a register tile, and one-row products."""
+    for i in range(i0, i1):
+        o = out[i, j0:j1]
+        if not add:
+            o[:] = 0
+        for k in range(k0, k1):
+            x = a[k, i] if a_t else a[i, k]
+            bk = b[k, j0:j1]
+            for c in range(j1 - j0):
+                o[c] += x * bk[c]
+
+
+@njit(**JIT)
+def gemm_nb(out, a, b, i0, i1, j0, j1, kk, add, a_t):
+    """out[i0:i1, j0:j1] (+)= A[i0:i1, :kk] @ b[:kk, j0:j1], A = a.T if a_t else a, serially: the
+    blocked product every matmul here (linear and attention) is built from. Indices are absolute
+    so that b and out keep their C-contiguous rows (a sliced view would not).
+
+    out: (>= i1, >= j1), a: (>= i1, >= kk) or, if a_t, (>= kk, >= i1), b: (>= kk, >= j1).
+    """
+    i_full = i0 + (i1 - i0) // MR * MR  # rows [i0, i_full) fill whole tiles
+    j_full = j0 + (j1 - j0) // NR * NR
+    for k0 in range(0, max(kk, 1), KC):  # (kk = 0 still runs once, to write the zeros)
+        k1 = min(k0 + KC, kk)
+        acc = add or k0 > 0  # later k blocks add to what the first one wrote
+        for j in range(j0, j_full, NR):  # b's (KC x NR) strip is reused by every row tile
+            for i in range(i0, i_full, MR):
+                if a_t:
+                    _tile_t_nb(out, a, b, i, j, k0, k1, acc)
+                else:
+                    _tile_nb(out, a, b, i, j, k0, k1, acc)
+        if j_full < j1:  # the last < NR columns
+            _rows_nb(out, a, b, i0, i_full, j_full, j1, k0, k1, acc, a_t)
+        _rows_nb(out, a, b, i_full, i1, j0, j1, k0, k1, acc, a_t)  # the last < MR rows
+
+
+@njit(**JIT)
+def transpose_block(out, a, m, n):
+    """out[:n, :m] = a[:m, :n].T, serially (small blocks inside a kernel)."""
+    for i0 in range(0, m, TB):  # TB x TB tiles, as in matmul._transpose_nb
+        for j in range(n):
+            row = out[j]
+            for i in range(i0, min(i0 + TB, m)):
+                row[i] = a[i, j]
+
+
+TB = 32  # transpose tile: 32 x 32 floats = 4 KB read and written while in L1
+
+
+def num_threads():
+    """Threads Numba's prange uses (numba.set_num_threads changes it)."""
+    return numba.get_num_threads()
+
+
+# ----------------------------------------------------------------------------- on-disk cache
+#
+# Numba keys the on-disk cache of a `cache=True` function on its signature, its own bytecode and
+# a stamp of the file it is defined in (numba 0.68: a hash of that file's contents), and on
+# nothing it calls. Yet a kernel's machine code contains the helpers above: LLVM inlines
+# gemm_nb, exp, row_max, ... into it, and globals such as MR are frozen in as constants. So after
+# an edit of this file alone, the kernels of matmul.py, attention.py, ... would go on loading
+# machine code built from the old helpers (tested: see benchmarks/README.md, "JIT compile
+# time"; Numba's docs list it among the caching limitations, numba issue #1833). The fix below
+# swaps each function's stamp for (its file's stamp, this file's hash): an edit here recompiles
+# every kernel, an edit of an op module only that module's kernels, as before.
+
+_THIS_FILE_SHA256 = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def cache_depends_on_this_file(*modules):
+    """Make the on-disk cache of every Numba function in `modules` (and of its `.serial` build)
+    depend on this file's contents as well as on its own file's (see the section comment).
+    Idempotent; a no-op under NUMBA_DISABLE_JIT=1, where nothing is compiled or cached."""
+    for module in modules:
+        for obj in list(vars(module).values()):
+            for dispatcher in (obj, getattr(obj, "serial", None)):
+                cache = getattr(dispatcher, "_cache", None)
+                if not isinstance(cache, FunctionCache):
+                    continue  # not a cache=True Numba function
+                try:  # Numba internals (numba.core.caching 0.68: Cache -> IndexDataCacheFile)
+                    cache._cache_file._source_stamp = (cache._impl.locator.get_source_stamp(), _THIS_FILE_SHA256)
+                except AttributeError:
+                    warnings.warn(
+                        "nanotransformer.kernels: this Numba's cache internals differ from 0.68's, so the kernels'"
+                        " on-disk cache no longer notices edits of kernels/jit.py; delete it by hand after such"
+                        " an edit (see the nanotransformer.kernels docstring)", stacklevel=2)
+                    return

@@ -32,9 +32,9 @@ import time
 import numpy as np
 
 from nanotransformer.backend import get_ops
-from nanotransformer.generate import generate_ids
+from nanotransformer.generation import generate_ids
 from nanotransformer.model import GPT, GPTConfig
-from nanotransformer.train import AdamWFlat
+from nanotransformer.optim import AdamW
 
 from bench_kernels import round_robin  # the script's own directory, benchmarks/, is on sys.path
 
@@ -65,12 +65,12 @@ def _timed(fn):
 def our_step_fn(cfg, backend, ids, targets):
     model_cfg = {k: v for k, v in cfg.items() if k != "B"}
     model = GPT(GPTConfig(backend=backend, **model_cfg), dtype=np.float32, seed=0)
-    opt = AdamWFlat(model, betas=BETAS, eps=EPS, weight_decay=WD)
+    opt = AdamW(model, betas=BETAS, eps=EPS, weight_decay=WD)
 
     def step():
         model.forward(ids, targets, train=True)
         model.backward()
-        opt.step(LR)
+        opt.step(lr=LR)
 
     return step, model
 

@@ -51,7 +51,7 @@ def main(argv=None):
     import numpy as np
 
     from nanotransformer.data import TokenData, build_tokenizer, load_text
-    from nanotransformer.generate import generate
+    from nanotransformer.generation import generate
     from nanotransformer.model import GPT, GPTConfig
     from nanotransformer.train import Trainer, TrainConfig, eval_loss, plot_loss_curve
 

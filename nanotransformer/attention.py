@@ -16,20 +16,31 @@ cache). `key_padding_mask` is (B, Tk) bool, True where the key is padding and mu
 (PyTorch's convention). A query row whose keys are all masked gets all-zero weights and a zero
 output instead of the NaN that 0/0 would give.
 
-Does not: implement dropout on the attention weights, or the fused Numba kernel (`kernels.py`).
+`mha_*` and `cross_attention_*` take the hot ops as `ops=` (default: the NumPy reference), so
+the one transformer block (`block.py`) runs them on the Numba kernels too.
+
+Does not: implement dropout on the attention weights, or the fused Numba kernel (`kernels/attention.py`).
 """
 import numpy as np
 
-from .layers import linear_backward, linear_forward
 from .validation import check_array, check_same_dtype
 
 
-def _allowed(Tq, Tk, causal, key_padding_mask, lead_ndim):
-    """Boolean (..., Tq, Tk) array, True where a query may attend to a key, or None (no mask)."""
-    allowed = None
-    if causal:
-        # query i sits at absolute position i + (Tk - Tq); it may see keys up to that position
-        allowed = np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + (Tk - Tq)  # (Tq, Tk)
+def causal_mask(Tq, Tk=None):
+    """(Tq, Tk) bool, True where query i may attend to key j, i.e. j <= i + (Tk - Tq).
+    Tk defaults to Tq: the lower triangle. With Tq < Tk the queries are the last Tq positions."""
+    Tk = Tq if Tk is None else Tk
+    # query i sits at absolute position i + (Tk - Tq); it may see keys up to that position
+    return np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + (Tk - Tq)  # (Tq, Tk)
+
+
+def attention_allowed(Tq, Tk, causal, key_padding_mask, lead_ndim):
+    """Boolean (..., Tq, Tk) array, True where a query may attend to a key, or None (no mask).
+
+    causal: apply `causal_mask(Tq, Tk)`. key_padding_mask: (B, Tk) bool, True at padding keys, or
+    None. lead_ndim: the number of dims of q before (Tq, hs), so the padding part is (B, ..., 1, Tk).
+    """
+    allowed = causal_mask(Tq, Tk) if causal else None
     if key_padding_mask is not None:
         B = key_padding_mask.shape[0]
         keep = ~key_padding_mask.reshape((B,) + (1,) * (lead_ndim - 1) + (1, Tk))  # (B, ..., 1, Tk)
@@ -66,7 +77,7 @@ def attention_forward(q, k, v, causal=False, key_padding_mask=None):
     # why sqrt(d_k): for unit-variance q, k the dot product has variance d_k; dividing by
     # sqrt(d_k) keeps the logits O(1) so the softmax does not saturate (paper, footnote 4).
     s = (q @ k.swapaxes(-1, -2)) * q.dtype.type(scale)  # (B, ..., Tq, Tk)
-    allowed = _allowed(Tq, Tk, causal, key_padding_mask, q.ndim - 2)
+    allowed = attention_allowed(Tq, Tk, causal, key_padding_mask, q.ndim - 2)
     if allowed is not None:
         s = np.where(allowed, s, -np.inf)
     m = s.max(axis=-1, keepdims=True)
@@ -110,43 +121,60 @@ def _check_heads(C, n_head):
         raise ValueError(f"n_head: expected a positive divisor of C={C}, got {n_head}")
 
 
-def mha_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head, causal=True, key_padding_mask=None):
+def reference_ops():
+    """The NumPy reference ops (`backend.get_ops("numpy")`): the default of the functions below."""
+    from .backend import get_ops  # backend imports this module, so not at the top
+
+    return get_ops("numpy")
+
+
+def mha_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head, causal=True, key_padding_mask=None, *, ops=None,
+                kv_cache=None, layer=0):  # fmt: skip
     """Multi-head self-attention.
 
-    x: (B, T, C), w_qkv: (C, 3C), b_qkv: (3C,), w_proj: (C, C), b_proj: (C,) -> out: (B, T, C)
-    cache = (qkv_cache, att_cache, proj_cache, n_head)
+    x: (B, T, C), w_qkv: (C, 3C), b_qkv: (3C,) or None, w_proj: (C, C), b_proj: (C,) or None
+    -> out: (B, T, C), cache = (qkv_cache, att_cache, proj_cache, n_head, ops)
+
+    ops: the hot ops to run on (`backend.get_ops(...)`; default the NumPy reference), so a model
+    reaches the Numba kernels through this one function. kv_cache: a `model.KVCache` to decode
+    incrementally (inference only): x holds the positions after the cached ones, their keys and
+    values are appended to the cache's layer `layer`, and the queries attend to all of them.
     """
+    ops = ops or reference_ops()
     check_array("x", x, ndim=3)
     C = x.shape[2]
     _check_heads(C, n_head)
     check_array("w_qkv", w_qkv, shape=(C, 3 * C))
     check_array("w_proj", w_proj, shape=(C, C))
-    qkv, qkv_cache = linear_forward(x, w_qkv, b_qkv)  # (B, T, 3C)
-    q, k, v = np.split(qkv, 3, axis=-1)  # each (B, T, C)
-    y, att_cache = attention_forward(
-        split_heads(q, n_head), split_heads(k, n_head), split_heads(v, n_head), causal, key_padding_mask
-    )  # (B, NH, T, hs)
-    out, proj_cache = linear_forward(merge_heads(y), w_proj, b_proj)  # (B, T, C)
-    return out, (qkv_cache, att_cache, proj_cache, n_head)
+    qkv, qkv_cache = ops.linear_forward(x, w_qkv, b_qkv)  # (B, T, 3C)
+    q, k, v = (split_heads(t, n_head) for t in np.split(qkv, 3, axis=-1))  # each (B, NH, T, hs)
+    if kv_cache is not None:
+        k, v = kv_cache.append(layer, k, v)  # (B, NH, T_seen, hs)
+    y, att_cache = ops.attention_forward(q, k, v, causal, key_padding_mask)  # (B, NH, T, hs)
+    out, proj_cache = ops.linear_forward(merge_heads(y), w_proj, b_proj)  # (B, T, C)
+    return out, (qkv_cache, att_cache, proj_cache, n_head, ops)
 
 
 def mha_backward(dout, cache):
-    """dout: (B, T, C) -> dx, dw_qkv, db_qkv, dw_proj, db_proj"""
-    qkv_cache, att_cache, proj_cache, n_head = cache
-    dy, dw_proj, db_proj = linear_backward(dout, proj_cache)
-    dq, dk, dv = attention_backward(split_heads(dy, n_head), att_cache)
+    """dout: (B, T, C) -> dx, dw_qkv, db_qkv, dw_proj, db_proj (db_* None without biases)"""
+    qkv_cache, att_cache, proj_cache, n_head, ops = cache
+    dy, dw_proj, db_proj = ops.linear_backward(dout, proj_cache)
+    dq, dk, dv = ops.attention_backward(split_heads(dy, n_head), att_cache)
+    # forward was: q, k, v = split(qkv, 3)  ->  dqkv = concat(dq, dk, dv)
     dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # (B, T, 3C)
-    dx, dw_qkv, db_qkv = linear_backward(dqkv, qkv_cache)
+    dx, dw_qkv, db_qkv = ops.linear_backward(dqkv, qkv_cache)
     return dx, dw_qkv, db_qkv, dw_proj, db_proj
 
 
-def cross_attention_forward(x, mem, w_q, b_q, w_kv, b_kv, w_proj, b_proj, n_head, key_padding_mask=None):
+def cross_attention_forward(x, mem, w_q, b_q, w_kv, b_kv, w_proj, b_proj, n_head, key_padding_mask=None, *,
+                            ops=None):  # fmt: skip
     """Multi-head cross-attention: queries from x, keys and values from mem (no causal mask).
 
     x: (B, Tq, C), mem: (B, Tk, C), w_q: (C, C), b_q: (C,), w_kv: (C, 2C), b_kv: (2C,),
-    w_proj: (C, C), b_proj: (C,), key_padding_mask: (B, Tk) bool -> out: (B, Tq, C)
-    cache = (q_cache, kv_cache, att_cache, proj_cache, n_head)
+    w_proj: (C, C), b_proj: (C,) (biases may be None), key_padding_mask: (B, Tk) bool
+    -> out: (B, Tq, C), cache = (q_cache, kv_cache, att_cache, proj_cache, n_head, ops)
     """
+    ops = ops or reference_ops()
     check_array("x", x, ndim=3)
     C = x.shape[2]
     _check_heads(C, n_head)
@@ -154,22 +182,22 @@ def cross_attention_forward(x, mem, w_q, b_q, w_kv, b_kv, w_proj, b_proj, n_head
     check_array("w_q", w_q, shape=(C, C))
     check_array("w_kv", w_kv, shape=(C, 2 * C))
     check_array("w_proj", w_proj, shape=(C, C))
-    q, q_cache = linear_forward(x, w_q, b_q)  # (B, Tq, C)
-    kv, kv_cache = linear_forward(mem, w_kv, b_kv)  # (B, Tk, 2C)
+    q, q_cache = ops.linear_forward(x, w_q, b_q)  # (B, Tq, C)
+    kv, kv_cache = ops.linear_forward(mem, w_kv, b_kv)  # (B, Tk, 2C)
     k, v = np.split(kv, 2, axis=-1)
-    y, att_cache = attention_forward(
+    y, att_cache = ops.attention_forward(
         split_heads(q, n_head), split_heads(k, n_head), split_heads(v, n_head), False, key_padding_mask
     )
-    out, proj_cache = linear_forward(merge_heads(y), w_proj, b_proj)
-    return out, (q_cache, kv_cache, att_cache, proj_cache, n_head)
+    out, proj_cache = ops.linear_forward(merge_heads(y), w_proj, b_proj)
+    return out, (q_cache, kv_cache, att_cache, proj_cache, n_head, ops)
 
 
 def cross_attention_backward(dout, cache):
     """dout: (B, Tq, C) -> dx, dmem, dw_q, db_q, dw_kv, db_kv, dw_proj, db_proj"""
-    q_cache, kv_cache, att_cache, proj_cache, n_head = cache
-    dy, dw_proj, db_proj = linear_backward(dout, proj_cache)
-    dq, dk, dv = attention_backward(split_heads(dy, n_head), att_cache)
-    dx, dw_q, db_q = linear_backward(merge_heads(dq), q_cache)
+    q_cache, kv_cache, att_cache, proj_cache, n_head, ops = cache
+    dy, dw_proj, db_proj = ops.linear_backward(dout, proj_cache)
+    dq, dk, dv = ops.attention_backward(split_heads(dy, n_head), att_cache)
+    dx, dw_q, db_q = ops.linear_backward(merge_heads(dq), q_cache)
     dkv = np.concatenate([merge_heads(dk), merge_heads(dv)], axis=-1)  # (B, Tk, 2C)
-    dmem, dw_kv, db_kv = linear_backward(dkv, kv_cache)
+    dmem, dw_kv, db_kv = ops.linear_backward(dkv, kv_cache)
     return dx, dmem, dw_q, db_q, dw_kv, db_kv, dw_proj, db_proj

@@ -2,9 +2,14 @@
 sidecar with everything else needed to resume bit for bit.
 
     out/
-      checkpoint.json                  config, tokenizer, step, optimiser state, RNG state, history
-      model-0000400-3fa2c1.safetensors params by GPT-2 name ("h.0.attn.c_attn.w", ...) and the
-                                       AdamW moments ("optim.m.<name>", "optim.v.<name>")
+      checkpoint.json                  model kind, config, tokenizer, step, optimiser state, RNG
+                                       state, history
+      model-0000400-3fa2c1.safetensors params by name ("h.0.attn.c_attn.w", ...) and the AdamW
+                                       moments ("optim.m.<name>", "optim.v.<name>")
+
+Any model kind (`MODEL_KINDS`: "gpt", "bert", "seq2seq", "classifier"): a model is a
+`params.ParamStore` with a `kind`, a `config_dict()` and a `from_config(dict, dtype, backend)`,
+and that is all this module needs to know of it.
 
     save_checkpoint("out", model, tokenizer=tok, step=400, optimizer=opt, rng=rng, meta={...})
     ckpt = load_checkpoint("out")       # -> Checkpoint(model, tokenizer, step, optimizer, rng_state, meta)
@@ -38,11 +43,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import GPT, GPTConfig
-
 FORMAT = "nanotransformer-checkpoint"
 VERSION = 1
 SIDECAR = "checkpoint.json"
+MODEL_KINDS = ("gpt", "bert", "seq2seq", "classifier")
+
+
+def model_class(kind):
+    """The model class of checkpoint kind `kind` (imported here: the models import nothing of this)."""
+    if kind == "gpt":
+        from .model import GPT as cls
+    elif kind == "bert":
+        from .bert import BERT as cls
+    elif kind == "seq2seq":
+        from .encoder_decoder import Seq2Seq as cls
+    elif kind == "classifier":
+        from .finetuning import GPTClassifier as cls
+    else:
+        raise ValueError(f"kind: expected one of {MODEL_KINDS}, got {kind!r}")
+    return cls
 
 
 @dataclass
@@ -50,7 +69,7 @@ class Checkpoint:
     """What `load_checkpoint` returns. optimizer: {"t", "m", "v", "hparams"} with m, v flat arrays
     in the model's buffer layout, or None; rng_state: a np.random bit-generator state dict or None."""
 
-    model: GPT
+    model: object
     tokenizer: object = None
     step: int = 0
     optimizer: dict = None
@@ -83,9 +102,14 @@ def _fsync_dir(path):
 
 
 def _tokenizer_to_json(tokenizer):
-    """Embed a tokenizer's own saved file in the sidecar (text if it is UTF-8, else base64)."""
+    """Embed a tokenizer's own saved file in the sidecar (text if it is UTF-8, else base64); a
+    `tasks.Vocab` as its token list."""
     if tokenizer is None:
         return None
+    from .tasks import Vocab
+
+    if isinstance(tokenizer, Vocab):
+        return {"encoding": "vocab", "data": tokenizer.to_dict()}
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "tokenizer"
         tokenizer.save(p)
@@ -102,6 +126,10 @@ def _tokenizer_from_json(obj, where):
     from .tokenizer import load_tokenizer
 
     try:
+        if obj["encoding"] == "vocab":
+            from .tasks import Vocab
+
+            return Vocab.from_dict(obj["data"])
         raw = obj["data"].encode("utf-8") if obj["encoding"] == "utf-8" else base64.b64decode(obj["data"])
         with tempfile.TemporaryDirectory() as d:
             p = Path(d) / "tokenizer"
@@ -117,7 +145,7 @@ def _tokenizer_from_json(obj, where):
 def save_checkpoint(path, model, *, tokenizer=None, step=0, optimizer=None, rng=None, meta=None):
     """Write model (+ optimiser moments, tokenizer, RNG state, meta) to directory `path`, atomically.
 
-    optimizer: an object with flat arrays `m`, `v`, step count `t` and `hparams()` (train.AdamWFlat),
+    optimizer: an `optim.AdamW` over the model (moments `m[0]`, `v[0]` laid out like the buffer),
     or None. rng: the np.random.Generator whose state must be restored to resume exactly.
     meta: any JSON-able dict (train config, history, data source). Returns the sidecar's path.
     """
@@ -130,7 +158,7 @@ def save_checkpoint(path, model, *, tokenizer=None, step=0, optimizer=None, rng=
     tensors = {name: np.ascontiguousarray(view) for name, view in model.p.items()}
     opt_json = None
     if optimizer is not None:
-        for prefix, flat in (("optim.m.", optimizer.m), ("optim.v.", optimizer.v)):
+        for prefix, flat in (("optim.m.", optimizer.m[0]), ("optim.v.", optimizer.v[0])):
             for name, view in model.views(flat).items():
                 tensors[prefix + name] = np.ascontiguousarray(view)
         opt_json = {"t": int(optimizer.t), "hparams": optimizer.hparams()}
@@ -141,7 +169,8 @@ def save_checkpoint(path, model, *, tokenizer=None, step=0, optimizer=None, rng=
         "tag": tag,
         "step": int(step),
         "dtype": str(model.dtype),
-        "config": model.config.to_dict(),
+        "kind": model.kind,
+        "config": model.config_dict(),
         "tokenizer": _tokenizer_to_json(tokenizer),
         "optimizer": opt_json,
         "rng_state": None if rng is None else rng.bit_generator.state,
@@ -226,14 +255,14 @@ def load_checkpoint(path, *, dtype=None, backend=None):
     sc = read_sidecar(path)
     path = Path(sc["_dir"])
     where = path / SIDECAR
-    cfg_dict = dict(sc["config"])
-    if backend is not None:
-        cfg_dict["backend"] = backend
+    kind = sc.get("kind", "gpt")  # checkpoints from before other kinds existed are GPTs
     try:
-        config = GPTConfig.from_dict(cfg_dict)
+        cls = model_class(kind)
+        if not isinstance(sc["config"], dict):
+            raise ValueError(f"expected a JSON object, got {type(sc['config']).__name__}")
+        model = cls.from_config(sc["config"], dtype=dtype or sc["dtype"], backend=backend)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: invalid config ({e})") from None
-    model = GPT(config, dtype=dtype or sc["dtype"])
+        raise ValueError(f"{where}: invalid config ({e}) for a {kind!r} model") from None
 
     wfile = path / sc["weights"]
     if not wfile.is_file():

@@ -4,6 +4,7 @@
     tok = build_tokenizer(text, "char")             # or "bpe" (+ vocab_size), or a saved tokenizer's path
     data = TokenData(tok.encode(text), val_fraction=0.1, source=name)
     x, y = data.get_batch("train", batch_size=16, block_size=64, rng=rng)   # (B, T) each
+    P = bigram_probs(ids, V)                         # chapter 00's counting model: P[a, b] = P(b | a)
 
 A batch is B random contiguous windows of T + 1 tokens: x is the first T, y the last T (the
 next token at every position), so one window gives T training examples at once. Windows are
@@ -31,6 +32,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from .validation import check_ids
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_CORPUS = "alice"
@@ -245,3 +248,20 @@ class TokenData:
         idx = starts[:, None] + np.arange(block_size + 1)[None, :]  # (B, T + 1)
         win = data[idx]
         return win[:, :-1], win[:, 1:]
+
+
+# ----------------------------------------------------------------------------- the bigram model
+
+
+def bigram_probs(ids, V, alpha=1.0):
+    """The simplest language model, by counting. ids: N ints in [0, V) -> P: (V, V) float64
+
+    P[a, b] = (count(a followed by b) + alpha) / (count(a followed by anything) + alpha * V), the
+    probability that b comes next after a. Add-alpha smoothing (alpha = 1: Laplace's add-one) gives
+    a pair never seen in `ids` a little probability instead of 0, so no text has infinite loss.
+    """
+    ids = np.asarray(ids)
+    check_ids("ids", ids, V)
+    counts = np.full((V, V), float(alpha))
+    np.add.at(counts, (ids[:-1], ids[1:]), 1.0)  # np.add.at: a repeated pair adds up
+    return counts / counts.sum(axis=1, keepdims=True)

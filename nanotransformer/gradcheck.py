@@ -159,3 +159,23 @@ def gradcheck(forward, backward, *args, h=1e-5, tol=1e-6, seed=0, max_coords=Non
         idx = tuple(int(t) for t in np.unravel_index(int(coords[j]), x.shape))
         result.reports.append(InputReport(names[i], err, idx, float(ana[j]), float(num[j])))
     return result
+
+
+def model_gradcheck(model, loss, coords_per_tensor=20, seed=0, h=1e-5):
+    """Whole-model check: {parameter name: relative error} over sampled coordinates of *every*
+    named parameter tensor of a `params.ParamStore` model (so no tensor kind goes unchecked).
+
+    loss(): runs the model's forward on fixed inputs (the same dropout mask every call) and
+    returns the scalar loss; the model's `backward()` must then give the analytic gradient.
+    Build the model in float64.
+    """
+    loss()
+    model.backward()
+    analytic = model.views(model.grads.copy())
+    rng = np.random.default_rng(seed)
+    errors = {}
+    for name, view in model.p.items():
+        coords = rng.choice(view.size, size=min(coords_per_tensor, view.size), replace=False)
+        num = numeric_grad(loss, view, h, coords).reshape(-1)[coords]
+        errors[name], _ = rel_error(analytic[name].reshape(-1)[coords], num)
+    return errors

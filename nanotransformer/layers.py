@@ -7,7 +7,7 @@ train, in float64 to gradient-check it (`gradcheck.py`).
 
 Dimension legend: B batch, T time, C channels, V vocab, ... any leading dims.
 
-Does not: use Numba (see `kernels.py`), allocate parameters (see `model.py`), or choose a
+Does not: use Numba (see the `kernels/` package), allocate parameters (see `params.py`), or choose a
 backend. Only floating-point arguments get gradients; integer ids, masks and flags do not.
 """
 import math
@@ -145,6 +145,28 @@ def softmax_backward(dout, cache):
     return p * (dout - (dout * p).sum(axis=-1, keepdims=True))
 
 
+def log_softmax_forward(x):
+    """x: (..., N) -> out = log softmax(x): (..., N), cache = (out,)
+
+    Stable: out = z - log(sum(exp(z))) with z = x - max(x), so no exp overflows and no log of
+    an underflowed 0 is taken. Entries of -inf (masked tokens) stay -inf.
+    """
+    check_array("x", x, min_ndim=1, floating=True)
+    m = x.max(axis=-1, keepdims=True)
+    z = x - np.where(np.isfinite(m), m, 0.0)
+    out = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return out, (out,)
+
+
+def log_softmax_backward(dout, cache):
+    """dout: (..., N) -> dx: (..., N)
+
+    forward was: out_i = x_i - log sum_j exp(x_j)  ->  dx = dout - softmax(x) * sum(dout)
+    """
+    (out,) = cache
+    return dout - np.exp(out) * dout.sum(axis=-1, keepdims=True)
+
+
 # ----------------------------------------------------------------------------- layer norm
 
 
@@ -211,24 +233,29 @@ def gelu_backward(dout, cache):
     return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
 
 
-def mlp_forward(x, w_fc, b_fc, w_proj, b_proj):
+def mlp_forward(x, w_fc, b_fc, w_proj, b_proj, *, ops=None):
     """The position-wise feed-forward block, C -> 4C -> C with GELU in between.
 
-    x: (..., C), w_fc: (C, H), b_fc: (H,), w_proj: (H, C), b_proj: (C,) -> out: (..., C)
-    (H = 4C in GPT-2; any H works.)  cache = (fc_cache, gelu_cache, proj_cache)
+    x: (..., C), w_fc: (C, H), b_fc: (H,) or None, w_proj: (H, C), b_proj: (C,) or None
+    -> out: (..., C). (H = 4C in GPT-2; any H works.) ops: the hot ops to run on
+    (`backend.get_ops(...)`), default this module's functions. cache = (fc, gelu, proj, ops)
     """
-    h, fc_cache = linear_forward(x, w_fc, b_fc)  # (..., H)
-    a, gelu_cache = gelu_forward(h)
-    out, proj_cache = linear_forward(a, w_proj, b_proj)  # (..., C)
-    return out, (fc_cache, gelu_cache, proj_cache)
+    if ops is None:
+        from .attention import reference_ops  # the backend namespace imports this module
+
+        ops = reference_ops()
+    h, fc_cache = ops.linear_forward(x, w_fc, b_fc)  # (..., H)
+    a, gelu_cache = ops.gelu_forward(h)
+    out, proj_cache = ops.linear_forward(a, w_proj, b_proj)  # (..., C)
+    return out, (fc_cache, gelu_cache, proj_cache, ops)
 
 
 def mlp_backward(dout, cache):
     """dout: (..., C) -> dx, dw_fc, db_fc, dw_proj, db_proj"""
-    fc_cache, gelu_cache, proj_cache = cache
-    da, dw_proj, db_proj = linear_backward(dout, proj_cache)
-    dh = gelu_backward(da, gelu_cache)
-    dx, dw_fc, db_fc = linear_backward(dh, fc_cache)
+    fc_cache, gelu_cache, proj_cache, ops = cache
+    da, dw_proj, db_proj = ops.linear_backward(dout, proj_cache)
+    dh = ops.gelu_backward(da, gelu_cache)
+    dx, dw_fc, db_fc = ops.linear_backward(dh, fc_cache)
     return dx, dw_fc, db_fc, dw_proj, db_proj
 
 
@@ -311,5 +338,49 @@ def cross_entropy_backward(dout, cache):
     probs, safe_t, valid, n_valid = cache
     dlogits = probs.copy()
     np.put_along_axis(dlogits, safe_t[..., None], np.take_along_axis(probs, safe_t[..., None], -1) - 1, -1)
+    dlogits *= (valid[..., None] * (np.asarray(dout) / max(n_valid, 1))).astype(probs.dtype)
+    return dlogits
+
+
+def label_smoothing_cross_entropy_forward(logits, targets, smoothing=0.0, ignore_index=-100):
+    """Cross-entropy against a smoothed target distribution, averaged over non-ignored targets.
+
+    logits: (..., V), targets: (...) int in [0, V) or ignore_index, smoothing: eps in [0, 1)
+    -> loss: scalar (0-d array of logits.dtype), cache
+
+    The target distribution is q = (1 - eps) * onehot(target) + eps / V (uniform over the whole
+    vocabulary, as PyTorch's `label_smoothing`), and loss_i = -sum_v q_v log p_v
+        = (1 - eps) * (lse - z_target) + eps * (lse - mean_v z_v),   lse = logsumexp(z).
+    eps = 0 is `cross_entropy_forward`. The paper used eps = 0.1: "This hurts perplexity, as
+    the model learns to be more unsure, but improves accuracy and BLEU score."
+    cache = (probs, safe_targets, valid, n_valid, eps)
+    """
+    check_array("logits", logits, min_ndim=1, floating=True)
+    check_array("targets", targets, shape=logits.shape[:-1])
+    check_ids("targets", targets, logits.shape[-1], allow=ignore_index)
+    if not (isinstance(smoothing, (int, float)) and 0.0 <= smoothing < 1.0):
+        raise ValueError(f"smoothing: expected a value in [0, 1), got {smoothing!r}")
+    z = logits - logits.max(axis=-1, keepdims=True)  # (..., V), max 0: exp cannot overflow
+    lse = np.log(np.exp(z).sum(axis=-1))  # (...)
+    valid = targets != ignore_index
+    safe_t = np.where(valid, targets, 0)
+    z_t = np.take_along_axis(z, safe_t[..., None], axis=-1)[..., 0]
+    per = (1.0 - smoothing) * (lse - z_t) + smoothing * (lse - z.mean(axis=-1))  # (...)
+    n_valid = int(valid.sum())
+    loss = np.where(valid, per, 0.0).sum() / max(n_valid, 1)
+    probs = np.exp(z - lse[..., None])
+    return np.asarray(loss, dtype=logits.dtype), (probs, safe_t, valid, n_valid, smoothing)
+
+
+def label_smoothing_cross_entropy_backward(dout, cache):
+    """dout: scalar -> dlogits: (..., V) = (softmax(logits) - q) * dout / n_valid on valid rows
+
+    d/dz of -sum_v q_v log softmax(z)_v is p - q for any distribution q that sums to 1.
+    """
+    probs, safe_t, valid, n_valid, eps = cache
+    V = probs.shape[-1]
+    dlogits = probs - probs.dtype.type(eps / V)
+    t_rows = np.take_along_axis(dlogits, safe_t[..., None], -1)
+    np.put_along_axis(dlogits, safe_t[..., None], t_rows - probs.dtype.type(1.0 - eps), -1)
     dlogits *= (valid[..., None] * (np.asarray(dout) / max(n_valid, 1))).astype(probs.dtype)
     return dlogits

@@ -95,6 +95,30 @@ class BLEUScore:
 SMOOTH_METHODS = ("none", "exp", "floor")
 
 
+def modified_precision(hypothesis, references, n):
+    """BLEU's clipped n-gram matches of one sentence. hypothesis: a token list, references: a
+    list of token lists -> (matches, total), two ints.
+
+    Each hypothesis n-gram counts as a match at most as often as it occurs in the reference that
+    contains it most often ("the the the" earns as many "the"s as a reference has); total is the
+    number of hypothesis n-grams. BLEU sums both over the corpus before dividing.
+    """
+    max_ref = Counter()
+    for r in references:
+        max_ref |= _ngrams(r, n)  # elementwise max: the clip for each n-gram
+    matches = sum(min(c, max_ref[g]) for g, c in _ngrams(hypothesis, n).items())
+    return matches, max(0, len(hypothesis) - n + 1)
+
+
+def brevity_penalty(c, r):
+    """BLEU's brevity penalty: 1 if c >= r else exp(1 - r / c), and 0 when c = 0.
+    c: the total hypothesis length, r: the effective reference length (precision alone would
+    reward hypotheses that say little)."""
+    if c >= r:
+        return 1.0
+    return math.exp(1.0 - r / c) if c > 0 else 0.0
+
+
 def corpus_bleu(hypotheses, references, max_n=4, smooth="exp", smooth_value=0.1):
     """Corpus-level BLEU (Papineni et al. 2002), computed the way sacrebleu does.
 
@@ -136,14 +160,11 @@ def corpus_bleu(hypotheses, references, max_n=4, smooth="exp", smooth_value=0.1)
         # closest reference length, ties broken towards the shorter reference
         ref_len += min((abs(len(r) - len(h)), len(r)) for r in rs)[1]
         for n in range(1, max_n + 1):
-            h_counts = _ngrams(h, n)
-            max_ref = Counter()
-            for r in rs:
-                max_ref |= _ngrams(r, n)  # elementwise max: the clip for each n-gram
-            correct[n - 1] += sum(min(c, max_ref[g]) for g, c in h_counts.items())
-            total[n - 1] += max(0, len(h) - n + 1)
+            matches, n_grams = modified_precision(h, rs, n)
+            correct[n - 1] += matches
+            total[n - 1] += n_grams
 
-    bp = 1.0 if hyp_len >= ref_len else (math.exp(1.0 - ref_len / hyp_len) if hyp_len > 0 else 0.0)
+    bp = brevity_penalty(hyp_len, ref_len)
     precisions = [0.0] * max_n
     if not any(correct):
         return BLEUScore(0.0, precisions, bp, hyp_len, ref_len, correct, total)

@@ -10,10 +10,10 @@ Weight decay, two ways:
     AdamW (decoupled):       p -= lr * wd * p beside the Adam step  (Loshchilov & Hutter 2019)
 
 The update works on flat arrays (llm.c keeps every parameter in one buffer so the optimiser is
-a single pass); `AdamW` accepts either one flat array or a list of arrays updated in place.
+a single pass): `AdamW` takes a model (its whole flat buffer, through the backend's fused
+kernel `kernels/adamw.py` when the model runs on Numba), or a list of arrays.
 
-Does not: keep fp32 master copies of lower-precision weights, or use fused Numba updates
-(`kernels.adamw_update_nb` is the fast twin of `adamw_update`).
+Does not: keep fp32 master copies of lower-precision weights.
 """
 import math
 
@@ -44,43 +44,80 @@ def adamw_update(p, g, m, v, t, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_dec
 
 
 class AdamW:
-    """AdamW over a list of parameter arrays (or one flat buffer), updated in place.
+    """The one AdamW: in-place updates of flat parameter arrays through the backend's
+    `adamw_update` (the NumPy reference or the fused Numba kernel).
 
-        opt = AdamW([w, b], lr=3e-4, weight_decay=0.1)
-        opt.step([dw, db])            # or opt.step(grads, lr=schedule(step))
+        opt = AdamW(model, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)   # a model's flat buffer
+        opt.step(lr=schedule(step))                                        # reads model.grads
+        opt = AdamW([w, b], lr=3e-4, weight_decay=0.1)                     # or a list of arrays
+        opt.step([dw, db])
 
-    weight_decay: scalar, or one value/array per parameter (`decay` list) so biases can be exempt.
+    With a model (a `params.ParamStore`): one update over the trainable part of its buffer,
+    params[frozen:] (see `ParamStore.frozen`), with weight decay weight_decay * model.decay_mask
+    (biases and norm gains are not decayed), on the model's own backend. The moments `m`, `v`
+    are laid out like the whole buffer, so `model.views(opt.m[0])` names them (the frozen part
+    stays 0).
+    With arrays: one update per array; weight_decay is a scalar or one value/array per array.
     decoupled=False gives classic Adam with L2 regularisation (see `Adam`).
-    State: `m`, `v` (same shapes as the params) and `t` (steps taken) — saved in checkpoints.
+    State: `m`, `v` (lists of arrays shaped like the params) and `t` (steps taken) — saved in
+    checkpoints.
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, decoupled=True):
-        self.params = [params] if isinstance(params, np.ndarray) else list(params)
-        for i, p in enumerate(self.params):
-            check_array(f"params[{i}]", p, floating=True)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, decoupled=True, ops=None):
+        from .params import ParamStore
+
+        self.model = params if isinstance(params, ParamStore) else None
+        if self.model is not None:
+            self.params = [self.model.params]
+            wds = [(weight_decay * self.model.decay_mask).astype(self.model.dtype)]
+            ops = ops or getattr(self.model, "ops", None)
+        else:
+            self.params = [params] if isinstance(params, np.ndarray) else list(params)
+            for i, p in enumerate(self.params):
+                check_array(f"params[{i}]", p, floating=True)
+            wds = list(weight_decay) if isinstance(weight_decay, (list, tuple)) else [weight_decay] * len(self.params)
+        self.update = adamw_update if ops is None else ops.adamw_update
         self.lr, self.betas, self.eps = lr, tuple(betas), eps
-        self.weight_decay, self.decoupled = weight_decay, decoupled
+        self.weight_decay, self.decoupled, self._wds = weight_decay, decoupled, wds
         self.m = [np.zeros_like(p) for p in self.params]
         self.v = [np.zeros_like(p) for p in self.params]
         self.t = 0
 
-    def step(self, grads, lr=None):
+    def step(self, grads=None, lr=None):
+        """One update with `grads` (default: the model's gradient buffer) at learning rate `lr`
+        (default: the constructor's)."""
+        if grads is None:
+            if self.model is None:
+                raise ValueError("grads: expected the gradients of the params (one array per param), got None")
+            grads = self.model.grads
         grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
         if len(grads) != len(self.params):
             raise ValueError(f"grads: expected {len(self.params)} arrays, got {len(grads)}")
         for i, (p, g) in enumerate(zip(self.params, grads)):
             check_array(f"grads[{i}]", g, shape=p.shape)
         self.t += 1
-        wds = self.weight_decay if isinstance(self.weight_decay, (list, tuple)) else [self.weight_decay] * len(grads)
-        for p, g, m, v, wd in zip(self.params, grads, self.m, self.v, wds):
-            adamw_update(p, g, m, v, self.t, self.lr if lr is None else lr, *self.betas, self.eps, wd, self.decoupled)
+        lr = self.lr if lr is None else lr
+        start = 0 if self.model is None else self.model.frozen  # a frozen prefix is never updated
+        for p, g, m, v, wd in zip(self.params, grads, self.m, self.v, self._wds):
+            if start:
+                p, g, m, v, wd = p[start:], g[start:], m[start:], v[start:], wd[start:]
+            self.update(p, g, m, v, self.t, lr, *self.betas, self.eps, wd, self.decoupled)
+
+    def hparams(self):
+        return {"betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
+
+    def load(self, state):
+        """Restore from `Checkpoint.optimizer` ({"t", "m", "v", ...}; m, v flat like the buffer)."""
+        self.m[0][...] = state["m"]
+        self.v[0][...] = state["v"]
+        self.t = int(state["t"])
 
 
 class Adam(AdamW):
     """Adam with (coupled) L2 weight decay, as torch.optim.Adam. Default weight_decay = 0."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(params, lr, betas, eps, weight_decay, decoupled=False)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, ops=None):
+        super().__init__(params, lr, betas, eps, weight_decay, decoupled=False, ops=ops)
 
 
 def clip_grad_norm(grads, max_norm):

@@ -29,7 +29,7 @@ import warnings
 import numpy as np
 
 from . import hf
-from .generate import beam_search_ids, generate_ids
+from .generation import beam_search_ids, generate_ids
 from .model import GPT
 
 TASKS = ("text-generation",)

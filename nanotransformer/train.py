@@ -1,16 +1,19 @@
-"""The training loop: AdamW on the flat buffer, warm-up + cosine learning rate, gradient
-clipping, periodic evaluation, checkpoints, a progress bar and a loss-curve plot.
+"""The one training loop, for every model: AdamW on the flat buffer, warm-up + cosine learning
+rate, gradient clipping, periodic evaluation, checkpoints, a progress bar and a loss-curve plot.
 
     trainer = Trainer(model, data, TrainConfig(max_steps=500), tokenizer=tok, out_dir="out")
     history = trainer.fit()               # evaluates, checkpoints, writes out/loss.png
     trainer = Trainer.from_checkpoint("out", data)     # ... and later carries on exactly
 
+`model` is any `params.ParamStore` model (GPT, BERT, the encoder-decoder, the classifier) and
+`data` a task of `tasks.py` that draws its batches (`LanguageModelTask`, `MaskedLMTask`,
+`TranslationTask`, `ClassificationTask`); a `data.TokenData` stream means language modelling.
 One step:
-    x, y = data.get_batch("train")                     # (B, T) random windows, from trainer.rng
-    logits, loss = model.forward(x, y, train=True, rng=trainer.rng)   # dropout from the same rng
+    batch = task.get_batch("train", B, trainer.rng)    # e.g. (x, y): (B, T) random windows
+    logits, loss = model.forward(*batch, train=True, rng=trainer.rng)   # dropout from the same rng
     model.backward()                                   # model.grads, one flat array
     clip_grad_norm(model.grads, grad_clip)             # global norm over every parameter at once
-    ops.adamw_update(params, grads, m, v, t, lr(step), ..., weight_decay * decay_mask)
+    opt.step(lr(step))                                 # optim.AdamW: one fused pass over the buffer
 
 Reproducibility: every random draw (batches and dropout masks) comes from `trainer.rng`, whose
 state is saved in the checkpoint with the weights and the AdamW moments, so N steps straight
@@ -24,6 +27,9 @@ evaluation) is left as it was.
 
 Dimension legend: B batch, T time (block size), N number of parameters (flat buffer length).
 
+`fit(stop_after=N)` stops cleanly (evaluated and checkpointed) after N steps of this run while
+keeping the schedule of `max_steps`, so a long run can be done in pieces that resume exactly.
+
 Does not: accumulate gradients over micro-batches, train on several processes, or
 early-stop on the validation loss.
 """
@@ -35,7 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import Checkpoint, has_checkpoint, load_checkpoint, read_sidecar, save_checkpoint
-from .optim import clip_grad_norm, lr_schedule
+from .data import TokenData
+from .optim import AdamW, clip_grad_norm, lr_schedule
+from .tasks import LanguageModelTask
 
 
 class TrainingDiverged(RuntimeError):
@@ -81,57 +89,25 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-class AdamWFlat:
-    """AdamW over the model's flat parameter buffer: one `ops.adamw_update` call per step.
-
-    m, v: the moments, flat arrays laid out like model.params (so `model.views(m)` names them).
-    Weight decay is an array, weight_decay * model.decay_mask, so biases and layer-norm gains
-    are not decayed.
-    """
-
-    def __init__(self, model, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, ops=None):
-        self.model = model
-        self.ops = ops or model.ops
-        self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
-        self.wd = (weight_decay * model.decay_mask).astype(model.dtype)
-        self.m = np.zeros_like(model.params)
-        self.v = np.zeros_like(model.params)
-        self.t = 0
-
-    def step(self, lr):
-        self.t += 1
-        b1, b2 = self.betas
-        m = self.model
-        self.ops.adamw_update(m.params, m.grads, self.m, self.v, self.t, lr, b1, b2, self.eps, self.wd)
-
-    def hparams(self):
-        return {"betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
-
-    def load(self, state):
-        """Restore from `Checkpoint.optimizer` ({"t", "m", "v", ...})."""
-        self.m[...] = state["m"]
-        self.v[...] = state["v"]
-        self.t = int(state["t"])
-
-
 class Trainer:
     """Owns the optimiser, the RNG, the step counter and the loss history of one run."""
 
     def __init__(self, model, data, config=None, *, tokenizer=None, out_dir=None, progress=True, data_meta=None):
         self.model, self.data = model, data
+        # the batches of one objective; a token stream means language modelling (GPT)
+        self.task = LanguageModelTask(data, model.config.block_size) if isinstance(data, TokenData) else data
         self.config = config or TrainConfig()
         self.tokenizer = tokenizer
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.progress = progress
         self.data_meta = data_meta or {}
-        data.check_block_size(model.config.block_size)
         c = self.config
-        self.opt = AdamWFlat(model, (c.beta1, c.beta2), c.eps, c.weight_decay)
+        self.opt = AdamW(model, c.lr, (c.beta1, c.beta2), c.eps, c.weight_decay)
         self.rng = np.random.default_rng(c.seed)
         self.step = 0
         self.history = {"step": [], "loss": [], "lr": [], "eval": []}  # eval: [{"step", "train", "val"}]
         self.last_saved_step = None
-        self._timing = [0, 0.0]  # training steps, seconds in the current fit() (for tokens/s)
+        self._timing = [0, 0, 0.0]  # steps, tokens, seconds of training in the current fit() (tokens/s)
         if self.out_dir is not None and has_checkpoint(self.out_dir):
             try:
                 self.last_saved_step = read_sidecar(self.out_dir)["step"]
@@ -147,21 +123,22 @@ class Trainer:
     def train_step(self):
         """One optimiser step; returns the (pre-update) training loss of the batch."""
         c, model = self.config, self.model
-        x, y = self.data.get_batch("train", c.batch_size, model.config.block_size, self.rng)
-        _, loss = model.forward(x, y, train=True, rng=self.rng)
+        batch = self.task.get_batch("train", c.batch_size, self.rng)
+        _, loss = model.forward(*batch, train=True, rng=self.rng)
         if not math.isfinite(loss):
             self._diverged(f"loss is {loss}")
         model.backward()
         with np.errstate(invalid="ignore", over="ignore"):  # an inf norm is reported just below
-            norm = clip_grad_norm(model.grads, c.grad_clip or None)
+            norm = clip_grad_norm(model.grads[model.frozen :], c.grad_clip or None)
         if not math.isfinite(norm):
             self._diverged(f"gradient norm is {norm} (loss {loss:.4f})")
         lr = self.lr_at(self.step)
-        self.opt.step(lr)
+        self.opt.step(lr=lr)
         self.step += 1
         self.history["step"].append(self.step)
         self.history["loss"].append(loss)
         self.history["lr"].append(lr)
+        self._timing[1] += batch[0].size
         return loss
 
     def _diverged(self, what):
@@ -177,30 +154,33 @@ class Trainer:
 
     def evaluate(self):
         """Mean loss over eval_iters fixed batches of each split -> {"train": float, "val": float}."""
-        c, T = self.config, self.model.config.block_size
+        c = self.config
         out = {}
         for k, split in enumerate(("train", "val")):
             rng = np.random.default_rng([c.seed, 1 + k])  # same batches at every evaluation
-            losses = []
-            for _ in range(c.eval_iters):
-                x, y = self.data.get_batch(split, c.batch_size, T, rng)
-                losses.append(self.model.forward(x, y)[1])
+            losses = [self.model.forward(*self.task.get_batch(split, c.batch_size, rng))[1] for _ in range(c.eval_iters)]
             out[split] = float(np.mean(losses))
         return out
 
     # ------------------------------------------------------------------------- the loop
 
-    def fit(self, max_steps=None, log=None):
+    def fit(self, max_steps=None, log=None, stop_after=None):
         """Train until step `max_steps` (default: config.max_steps), evaluating and checkpointing
         every eval_interval steps and at the end; then write loss.png. Returns the history.
 
+        stop_after: stop (evaluated and checkpointed) after this many steps of this call, keeping
+        the learning-rate schedule of config.max_steps; a later fit continues exactly.
         log: called with each evaluation line (default: printed above the progress bar; False: silent)."""
         from tqdm.auto import tqdm
 
         c = self.config
         end = c.max_steps if max_steps is None else max_steps
+        if stop_after is not None:
+            if not isinstance(stop_after, (int, np.integer)) or isinstance(stop_after, bool) or stop_after < 1:
+                raise ValueError(f"stop_after: expected a positive integer, got {stop_after!r}")
+            end = min(end, self.step + stop_after)
         bar = tqdm(total=end, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
-        self._timing = [0, 0.0]  # evaluation and checkpointing are not timed
+        self._timing = [0, 0, 0.0]  # evaluation and checkpointing are not timed
         try:
             while True:
                 if self.step % c.eval_interval == 0 or self.step == end:
@@ -210,7 +190,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss = self.train_step()
                 self._timing[0] += 1
-                self._timing[1] += time.perf_counter() - t0
+                self._timing[2] += time.perf_counter() - t0
                 bar.update(1)
                 if self.step % 10 == 0 or self.step == end:
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{self.tokens_per_second():,.0f}",
@@ -219,13 +199,13 @@ class Trainer:
             bar.close()
             if self.out_dir is not None and self.history["loss"]:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
-                plot_loss_curve(self.history, self.out_dir / "loss.png", title=f"training on {self.data.source}")
+                plot_loss_curve(self.history, self.out_dir / "loss.png", title=f"training on {self.task.source}")
         return self.history
 
     def tokens_per_second(self):
         """Training throughput of the current `fit` call (evaluation and checkpointing excluded)."""
-        steps, seconds = self._timing
-        return steps * self.config.batch_size * self.model.config.block_size / max(seconds, 1e-9)
+        _, tokens, seconds = self._timing
+        return tokens / max(seconds, 1e-9)
 
     def _evaluate_and_save(self, log, bar):
         if self.history["eval"] and self.history["eval"][-1]["step"] == self.step:
@@ -234,8 +214,9 @@ class Trainer:
         if not (math.isfinite(ev["train"]) and math.isfinite(ev["val"])):
             self._diverged(f"evaluation loss is not finite (train {ev['train']}, val {ev['val']})")
         self.history["eval"].append({"step": self.step, **ev})
-        msg = (f"step {self.step}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}, "
-               f"val perplexity {math.exp(ev['val']):.2f}")
+        msg = f"step {self.step}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}"
+        if getattr(self.task, "perplexity", False):
+            msg += f", val perplexity {math.exp(ev['val']):.2f}"
         if self._timing[0]:
             msg += f" ({self.tokens_per_second():,.0f} tok/s)"
         if self.out_dir is not None and self.step > 0:
@@ -260,7 +241,7 @@ class Trainer:
     def from_checkpoint(cls, checkpoint, data, *, out_dir=None, progress=True, overrides=None, backend=None):
         """Rebuild the trainer saved in `checkpoint` (a directory, or a loaded `checkpoint.Checkpoint`):
         model, optimiser moments, RNG state, step and history, to continue exactly where it stopped.
-        data: a TokenData encoded with the checkpoint's tokenizer.
+        data: the task (or, for a GPT, a TokenData encoded with the checkpoint's tokenizer).
         overrides: TrainConfig fields to change (e.g. {"max_steps": 2000})."""
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, backend=backend)
         cfg_dict = dict(ckpt.meta.get("train_config", {}))

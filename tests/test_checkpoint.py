@@ -9,7 +9,7 @@ from nanotransformer import checkpoint as ck
 from nanotransformer.checkpoint import load_checkpoint, save_checkpoint
 from nanotransformer.model import GPT, GPTConfig
 from nanotransformer.tokenizer import BPETokenizer, CharTokenizer
-from nanotransformer.train import AdamWFlat
+from nanotransformer.optim import AdamW
 
 CFG = dict(vocab_size=12, block_size=8, n_layer=2, n_head=2, d_model=8)
 
@@ -24,9 +24,9 @@ def saved(tmp_path, rng):
     """A checkpoint directory with model, optimiser moments, tokenizer and RNG state."""
     tok = CharTokenizer.from_text("abcdefghijk\n")
     m = GPT(GPTConfig(**CFG, dropout=0.1), seed=1)
-    opt = AdamWFlat(m)
-    opt.m[...] = rng.normal(size=opt.m.shape)
-    opt.v[...] = rng.random(opt.v.shape)
+    opt = AdamW(m, betas=(0.9, 0.99), weight_decay=0.1)
+    opt.m[0][...] = rng.normal(size=opt.m[0].shape)
+    opt.v[0][...] = rng.random(opt.v[0].shape)
     opt.t = 7
     gen = np.random.default_rng(99)
     gen.random(3)
@@ -47,7 +47,7 @@ def test_round_trip(saved):
     c = load_checkpoint(saved.path)
     assert c.model.config == saved.model.config and c.step == 7 and c.meta == {"note": "hi"}
     assert np.array_equal(c.model.params, saved.model.params) and c.model.params.dtype == np.float32
-    assert np.array_equal(c.optimizer["m"], saved.opt.m) and np.array_equal(c.optimizer["v"], saved.opt.v)
+    assert np.array_equal(c.optimizer["m"], saved.opt.m[0]) and np.array_equal(c.optimizer["v"], saved.opt.v[0])
     assert c.optimizer["t"] == 7 and c.optimizer["hparams"]["weight_decay"] == saved.opt.weight_decay
     assert c.tokenizer.encode("abc\n") == saved.tok.encode("abc\n")
     assert c.make_rng().random() == saved.rng.random()  # the RNG continues where it was

@@ -9,7 +9,7 @@ from nanotransformer import attention as A
 from nanotransformer import hf
 from nanotransformer import layers as L
 from nanotransformer import optim as O
-from nanotransformer import metrics as M, seq2seq as S
+from nanotransformer import metrics as M
 from nanotransformer.exercises import EXERCISES, check, exercise_help
 
 
@@ -30,7 +30,7 @@ def _adam_coupled(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
     return p, m, v
 
 
-def _bpe_merge(ids, pair, idx):
+def _merge(ids, pair, idx):
     out, i = [], 0
     while i < len(ids):
         if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
@@ -42,7 +42,7 @@ def _bpe_merge(ids, pair, idx):
     return out
 
 
-def _bpe_merge_overlapping(ids, pair, idx):
+def _merge_overlapping(ids, pair, idx):
     # broken: replaces at every position, so 'aaa' -> two merges out of three symbols
     out = [idx if (a, b) == pair else a for a, b in zip(ids, ids[1:])]
     return out + ids[-1:] if ids and (len(ids) < 2 or (ids[-2], ids[-1]) != pair) else out
@@ -94,7 +94,7 @@ def _numeric_grad_forward_diff(f, x, h=1e-5):
     return g
 
 
-def _fused_attention(q, k, v, causal):
+def _attention_out(q, k, v, causal):
     return A.attention_forward(q, k, v, causal=causal)[0]
 
 
@@ -211,18 +211,24 @@ def _tied_embedding_only(ids, dx_emb, xf, dlogits):
     return L.embedding_backward(dx_emb, (ids, dlogits.shape[-1]))  # forgets the LM head's use of wte
 
 
-# --- tests/test_exercises.py: add these helpers above CASES, and the entries inside CASES.
-# needs:  from nanotransformer import metrics as M, seq2seq as S
+# --- chapters 11-14
 
 
 def _pool_last(h, lengths):
     return h[np.arange(len(h)), lengths - 1]
 
 
-def _logreg_grad(X, y, w, b, l2):
-    p = 1 / (1 + np.exp(-(X @ w + b)))
+def _logreg_loss(X, y, w, b, l2):
+    z = X @ w + b
+    p = 1 / (1 + np.exp(-z))
+    loss = np.mean(-y * np.log(p) - (1 - y) * np.log(1 - p)) + 0.5 * l2 * (w @ w)
     r = (p - y) / len(y)
-    return X.T @ r + l2 * w, r.sum()
+    return loss, X.T @ r + l2 * w, r.sum()
+
+
+def _logreg_loss_no_l2_in_dw(X, y, w, b, l2):
+    loss, _, db = _logreg_loss(X, y, w, b, l2)
+    return loss, _logreg_loss(X, y, w, b, 0.0)[1], db  # forgets the l2 term of the gradient
 
 
 def _allowed(ids, pad_id, causal):
@@ -279,7 +285,7 @@ CASES = {
     "mlp_backward": (L.mlp_backward, _mlp_backward_swapped, "db_proj["),
     "cross_entropy_backward": (L.cross_entropy_backward, _ce_backward_no_mean, "dlogits["),
     "cross_entropy_forward": (_ce_forward, _ce_forward_naive, "loss: expected"),
-    "adam_step": (_adam_ref, _adam_no_bias_correction, "after step t=1"),
+    "adamw_update": (_adam_ref, _adam_no_bias_correction, "after step t=1"),
     "lr_schedule": (O.lr_schedule, _lr_no_warmup, "lr[0]"),
     "sinusoidal_table": (lambda n, C: L.sinusoidal_table(n, C), _sinusoidal_swapped, "pe["),
     "causal_mask": (lambda T: np.tril(np.ones((T, T), bool)), _causal_mask_upper, "mask[0, 1]"),
@@ -287,22 +293,22 @@ CASES = {
     "bigram_probs": (_bigram, _bigram_unsmoothed_cols, "P["),
     "perplexity": (lambda p: math.exp(-np.mean(np.log(p))), lambda p: float(np.mean(1 / p)), "perplexity: expected"),
     "get_stats": (_stats, _stats_set, "counts[(1, 2)]: expected 2, got 1"),
-    "bpe_merge": (_bpe_merge, _bpe_merge_overlapping, "ids["),
+    "merge": (_merge, _merge_overlapping, "ids["),
     "top_k_filter": (lambda z, k: np.where(z >= np.sort(z, -1)[..., -k, None], z, -np.inf),
                      lambda z, k: np.where(z > np.sort(z, -1)[..., -k, None], z, -np.inf), "logits["),
     "top_p_filter": (_top_p, _top_p_drops_crossing_token, "logits["),
-    "matmul_tiled": (lambda a, b: a @ b, _matmul_transposed_tile, "out["),
-    "gpt_num_params": (_num_params, lambda V, T, L_, C: _num_params(V, T, L_, C) + V * C, "n_params: expected"),
-    "tied_wte_grad": (_tied, _tied_embedding_only, "dwte["),
-    "fused_attention": (_fused_attention, lambda q, k, v, c: _fused_attention(q, k, v, not c), "out["),
+    "matmul": (lambda a, b: a @ b, _matmul_transposed_tile, "out["),
+    "num_params": (_num_params, lambda V, T, L_, C: _num_params(V, T, L_, C) + V * C, "n_params: expected"),
+    "tied_embedding_backward": (_tied, _tied_embedding_only, "dwte["),
+    "attention_forward": (_attention_out, lambda q, k, v, c: _attention_out(q, k, v, not c), "out["),
     "bytes_to_unicode": (hf.bytes_to_unicode, lambda: {b: chr(b) for b in range(256)}, "mapping[0]"),
     "our_name": (hf.our_name, lambda k: k.removeprefix("transformer.").replace(".weight", ".w").replace(".bias", ".b"),
                  "expected 'wte'"),
     "pool_last": (_pool_last, lambda h, lengths: h[:, -1], "z["),
-    "logistic_regression_grad": (_logreg_grad, lambda X, y, w, b, l2: (_logreg_grad(X, y, w, b, 0.0)[0], _logreg_grad(X, y, w, b, l2)[1]), "dw["),
+    "logistic_regression_loss": (_logreg_loss, _logreg_loss_no_l2_in_dw, "dw["),
     "attention_allowed": (_allowed, lambda ids, pad, causal: np.broadcast_to(np.tril(np.ones((ids.shape[1],) * 2, bool)) if causal else True, (len(ids), ids.shape[1], ids.shape[1])), "allowed["),
-    "bert_corrupt": (_corrupt, lambda *a: (_corrupt(*a)[0], a[0]), "targets["),
-    "label_smoothing_backward": (S.label_smoothing_cross_entropy_backward, lambda dout, cache: S.label_smoothing_cross_entropy_backward(dout, cache[:4] + (0.0,)), "dlogits["),
+    "mask_tokens": (_corrupt, lambda *a: (_corrupt(*a)[0], a[0]), "targets["),
+    "label_smoothing_cross_entropy_backward": (L.label_smoothing_cross_entropy_backward, lambda dout, cache: L.label_smoothing_cross_entropy_backward(dout, cache[:4] + (0.0,)), "dlogits["),
     "teacher_forcing": (_teacher_forcing, lambda ys, bos, eos, pad: (_teacher_forcing(ys, bos, eos, pad)[0],) * 2, "targets["),
     "modified_precision": (_modified_precision, lambda h, r, n: _modified_precision(h, r, n, clip=False), "matches"),
     "brevity_penalty": (lambda c, r: 1.0 if c >= r else (math.exp(1 - r / c) if c else 0.0), lambda c, r: math.exp(1 - r / c) if c else 0.0, "bp"),
@@ -384,7 +390,7 @@ def test_numeric_grad_must_restore_x(capsys):
 
 
 def test_adam_coupled_decay_fails_only_with_decay(capsys):
-    assert not check("adam_step", _adam_coupled)
+    assert not check("adamw_update", _adam_coupled)
     assert "AdamW, weight_decay=0.5" in capsys.readouterr().out
 
 

@@ -19,7 +19,7 @@ from safetensors.numpy import load_file, save_file
 
 from nanotransformer import hf
 from nanotransformer.backend import get_ops
-from nanotransformer.generate import generate_ids
+from nanotransformer.generation import generate_ids
 from nanotransformer.pipeline import TextGenerationPipeline, pipeline
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-gpt2"

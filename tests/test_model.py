@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from nanotransformer import model as model_mod
-from nanotransformer.gradcheck import numeric_grad, rel_error
+from nanotransformer import block as block_mod, model as model_mod
+from nanotransformer.gradcheck import model_gradcheck
 from nanotransformer.model import GPT, GPTConfig
 
 # V vocab, T block size, L layers, NH heads, C channels: the tiny config of the whole-model check
@@ -31,17 +31,7 @@ def whole_model_gradcheck(m, ids, targets, coords_per_tensor=20, seed=0, dropout
         rng = np.random.default_rng(dropout_seed) if train else None  # the same dropout mask every call
         return m.forward(ids, targets, train=train, rng=rng)[1]
 
-    loss()
-    m.backward()
-    analytic = m.grads.copy()
-    rng = np.random.default_rng(seed)
-    errors = {}
-    for name, view in m.p.items():
-        coords = rng.choice(view.size, size=min(coords_per_tensor, view.size), replace=False)
-        num = numeric_grad(loss, view, 1e-5, coords).reshape(-1)[coords]
-        ana = m.views(analytic)[name].reshape(-1)[coords]
-        errors[name], _ = rel_error(ana, num)
-    return errors
+    return model_gradcheck(m, loss, coords_per_tensor, seed)
 
 
 def _perturbed(m, rng):
@@ -72,7 +62,7 @@ def test_whole_model_gradcheck_catches_a_dropped_term(rng, monkeypatch):
     m = _perturbed(tiny_model(), rng)
     ids = rng.integers(0, TINY["vocab_size"], size=(2, 7))
     targets = rng.integers(0, TINY["vocab_size"], size=(2, 7))
-    monkeypatch.setattr(model_mod, "embedding_backward", lambda dout, cache: np.zeros((cache[1], dout.shape[-1])))
+    monkeypatch.setattr(block_mod, "embedding_backward", lambda dout, cache: np.zeros((cache[1], dout.shape[-1])))
     errors = whole_model_gradcheck(m, ids, targets)
     assert errors["wte"] > 1e-3
     assert all(v < 1e-6 for k, v in errors.items() if k != "wte")

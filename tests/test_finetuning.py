@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nanotransformer.finetune import (
+from nanotransformer.finetuning import (
     BowLogisticRegression,
     GPTClassifier,
     encode_sentences,
@@ -15,7 +15,7 @@ from nanotransformer.finetune import (
     logistic_regression_loss,
     split_indices,
 )
-from nanotransformer.gradcheck import numeric_grad, rel_error
+from nanotransformer.gradcheck import model_gradcheck, numeric_grad, rel_error
 from nanotransformer.metrics import accuracy, f1_score
 from nanotransformer.model import GPT, GPTConfig
 from nanotransformer.tokenizer import CharTokenizer
@@ -100,29 +100,29 @@ def test_split_indices():
 
 @pytest.mark.parametrize("pool, train_blocks", [("last", None), ("mean", None), ("last", 1), ("mean", 0)])
 def test_classifier_gradcheck(pool, train_blocks):
+    """Every parameter tensor of the classifier (the GPT's and the head's) is checked; frozen ones
+    must get exactly zero gradient (never computed)."""
     gpt = _gpt()
     clf = GPTClassifier(gpt, n_classes=3, pool=pool, train_blocks=train_blocks, seed=0)
-    clf.head += np.random.default_rng(6).normal(0, 0.5, clf.head.shape)
+    clf.p["head.w"] += np.random.default_rng(6).normal(0, 0.5, clf.p["head.w"].shape)
+    clf.p["head.b"] += np.random.default_rng(7).normal(0, 0.5, clf.p["head.b"].shape)
     ids, lengths, labels = _batch(np.random.default_rng(0))
     labels = np.array([2, 0, 1])
 
     def loss():
         return clf.forward(ids, lengths, labels)[1]
 
-    loss()
-    g_gpt, g_head = (a.copy() for a in clf.backward())
-    pick = np.random.default_rng(1)
+    errors = model_gradcheck(clf, loss, coords_per_tensor=4, seed=1)
+    assert set(errors) == set(clf.p)  # every tensor kind, head included
+    grads = clf.views(clf.grads)
     checked = 0
-    for name, view in list(gpt.p.items()) + [("head", clf.head)]:
-        coords = pick.choice(view.size, min(view.size, 4), replace=False)
-        num = numeric_grad(loss, view, coords=coords).reshape(-1)[coords]
-        ana = (g_head if name == "head" else gpt.views(g_gpt)[name]).reshape(-1)[coords]
-        frozen = name != "head" and (train_blocks is not None and not (name.startswith("ln_f") or any(name.startswith(f"h.{i}.") for i in range(2 - train_blocks, 2))))
-        if frozen:
-            assert np.all(ana == 0), name  # frozen: no gradient computed
+    for name in clf.p:
+        trainable = train_blocks is None or name.startswith(("ln_f", "head")) or any(
+            name.startswith(f"h.{i}.") for i in range(2 - train_blocks, 2))
+        if not trainable:
+            assert clf.offset(name) < clf.frozen and np.all(grads[name] == 0), name  # frozen: no gradient
             continue
-        err, _ = rel_error(ana, num)
-        assert err < 1e-6, f"{name}: relative error {err:.2e}"
+        assert errors[name] < 1e-6, f"{name}: relative error {errors[name]:.2e}"
         checked += 1
     assert checked >= 3
 
@@ -147,17 +147,17 @@ def test_padding_does_not_matter():
 def test_freezing_leaves_frozen_parameters_bit_identical(train_blocks):
     gpt = _gpt(np.float32, n_layer=3, perturb=0.0)
     clf = GPTClassifier(gpt, train_blocks=train_blocks)
-    before, head_before = gpt.params.copy(), clf.head.copy()
+    before, head_before = gpt.params.copy(), clf.p["head.w"].copy()
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 12, (40, 6))
     finetune(clf, ids, np.full(40, 6), rng.integers(0, 2, 40), steps=5, batch_size=8, lr=1e-2, weight_decay=0.1, log=None)
-    o = clf.offset
+    o = clf.frozen
     frozen_names = [n for n in gpt.p if not (n.startswith("ln_f") or any(n.startswith(f"h.{i}.") for i in range(3 - train_blocks, 3)))]
     assert np.array_equal(gpt.params[:o], before[:o])  # bit-identical, weight decay included
     for n in frozen_names:  # the contiguous prefix is exactly the frozen parameters
         assert np.array_equal(gpt.p[n], gpt.views(before)[n]), n
     assert not np.array_equal(gpt.params[o:], before[o:])
-    assert not np.array_equal(clf.head, head_before)
+    assert not np.array_equal(clf.p["head.w"], head_before)
     first_trainable = "ln_f.w" if train_blocks == 0 else "h.2.ln_1.w"
     assert o == sum(v.size for n, v in gpt.p.items() if list(gpt.p).index(n) < list(gpt.p).index(first_trainable))
 

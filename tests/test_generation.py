@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from nanotransformer.generate import (
+from nanotransformer.generation import (
     beam_search_ids,
     filter_probs,
     generate,

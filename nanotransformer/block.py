@@ -1,0 +1,271 @@
+"""The one transformer block, and the pieces every model wraps around it: the embedding front end,
+the stack of blocks and the tied output head. GPT, BERT and the encoder-decoder are each an
+embedding + `stack_forward` + a head, nothing more (nanoGPT's one `Block`, llm.c's one layer loop).
+
+    bc = BlockConfig(n_head=4, d_ff=512, causal=True)          # what kind of block
+    specs = block_specs("h.0.", C, bc)                         # [(name, shape)] of its parameters
+    x, cache = block_forward(x, p, "h.0.", bc, ops)            # p: {name: view} (a ParamStore's p)
+    dx, dmem = block_backward(dout, cache, g, "h.0.")          # writes g["h.0.ln_1.w"], ...
+
+A block is two or three residual sub-layers, each with its layer norm:
+
+    norm="pre" (GPT-2, and most models since):   x = x + dropout(f(LN(x)))
+    norm="post" (the 2017 paper):                x = LN(x + dropout(f(x)))
+    f in order: self-attention (causal or bidirectional, optional key-padding mask, optional
+    KV cache), cross-attention over a memory (`cross=True`, the encoder-decoder's decoder),
+    the MLP (C -> d_ff -> GELU -> C).
+
+Parameter names follow GPT-2's (prefix + "ln_1.w", "attn.c_attn.w", "attn.c_proj.w", "ln_2.w",
+"mlp.c_fc.w", "mlp.c_proj.w"; with cross-attention "ln_2" is the cross sub-layer's norm,
+"cross.q", "cross.kv", "cross.c_proj", and the MLP's norm is "ln_3"). With `bias=False` there
+are no biases in the linear layers or the norms (nanoGPT's switch).
+
+The hot ops (linear, attention, layer norm, GELU) are whatever `ops` holds: the NumPy reference
+or the Numba kernels (`backend.get_ops`), so every model runs on the kernels. Attention itself
+is `attention.mha_forward` / `cross_attention_forward`, the MLP `layers.mlp_forward`.
+
+Dimension legend: B batch, T time (S for a memory), C channels, V vocab, L layers.
+
+Does not: implement dropout on the attention weights (only on embeddings and the output of
+each residual branch), or any norm, MLP or position kind beyond layer norm, GELU and
+learned/sinusoidal positions.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .attention import cross_attention_backward, cross_attention_forward, mha_backward, mha_forward
+from .layers import (
+    dropout_backward,
+    dropout_forward,
+    embedding_backward,
+    embedding_forward,
+    mlp_backward,
+    mlp_forward,
+    positional_backward,
+    positional_forward,
+)
+
+NORMS = ("pre", "post")
+
+# sub-layer kind -> its linear layers, in the order of the forward's weight arguments
+SUBLAYERS = {
+    "attn": ("attn.c_attn", "attn.c_proj"),
+    "cross": ("cross.q", "cross.kv", "cross.c_proj"),
+    "mlp": ("mlp.c_fc", "mlp.c_proj"),
+}
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """What kind of block: heads, MLP width, masking, norm placement, cross-attention, biases."""
+
+    n_head: int
+    d_ff: int
+    causal: bool = True  # self-attention sees only earlier positions (GPT, a decoder)
+    norm: str = "pre"  # "pre" or "post" (see module docstring)
+    cross: bool = False  # a cross-attention sub-layer over a memory (the encoder-decoder's decoder)
+    bias: bool = True
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ValueError(f"norm: expected one of {NORMS}, got {self.norm!r}")
+
+    def sublayers(self):
+        """[(layer-norm name, sub-layer kind)] in forward order."""
+        kinds = ["attn"] + (["cross"] if self.cross else []) + ["mlp"]
+        return [(f"ln_{i + 1}", kind) for i, kind in enumerate(kinds)]
+
+
+def linear_specs(name, c_in, c_out, bias=True):
+    return [(name + ".w", (c_in, c_out))] + ([(name + ".b", (c_out,))] if bias else [])
+
+
+def norm_specs(name, C, bias=True):
+    return [(name + ".w", (C,))] + ([(name + ".b", (C,))] if bias else [])
+
+
+def block_specs(prefix, C, bc):
+    """[(name, shape)] of one block's parameters, in buffer order."""
+    shapes = {
+        "attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C),
+        "cross.q": (C, C), "cross.kv": (C, 2 * C), "cross.c_proj": (C, C),
+        "mlp.c_fc": (C, bc.d_ff), "mlp.c_proj": (bc.d_ff, C),
+    }  # fmt: skip
+    specs = []
+    for ln, kind in bc.sublayers():
+        specs += norm_specs(prefix + ln, C, bc.bias)
+        for lin in SUBLAYERS[kind]:
+            specs += linear_specs(prefix + lin, *shapes[lin], bc.bias)
+    return specs
+
+
+def _weights(p, prefix, kind):
+    """(w, b, w, b, ...) of a sub-layer's linear layers; b is None when the model has no biases."""
+    out = []
+    for lin in SUBLAYERS[kind]:
+        out += [p[f"{prefix}{lin}.w"], p.get(f"{prefix}{lin}.b")]
+    return out
+
+
+def _put(g, name, grad):
+    if grad is not None and name in g:  # a bias the model does not have gets no gradient
+        g[name][...] = grad
+
+
+# ----------------------------------------------------------------------------- one block
+
+
+def block_forward(x, p, prefix, bc, ops, *, key_padding_mask=None, mem=None, mem_padding_mask=None,
+                  kv_cache=None, layer=0, p_drop=0.0, rng=None, train=False):  # fmt: skip
+    """x: (B, T, C), p: {name: parameter} -> out: (B, T, C), cache
+
+    key_padding_mask: (B, T) bool, True on padding keys (self-attention); mem: (B, S, C) and
+    mem_padding_mask: (B, S) for cross-attention; kv_cache + layer: decode incrementally
+    (`model.KVCache`, inference only); p_drop, rng, train: dropout on each branch's output.
+    """
+    C = x.shape[-1]
+    caches = []
+    for ln, kind in bc.sublayers():
+        w = _weights(p, prefix, kind)
+        if kind == "attn":
+            def f(h, w=w):
+                return mha_forward(h, *w, bc.n_head, bc.causal, key_padding_mask, ops=ops, kv_cache=kv_cache, layer=layer)
+        elif kind == "cross":
+            def f(h, w=w):
+                return cross_attention_forward(h, mem, *w, bc.n_head, mem_padding_mask, ops=ops)
+        else:
+            def f(h, w=w):
+                return mlp_forward(h, *w, ops=ops)
+        ln_w, ln_b = p[prefix + ln + ".w"], p.get(prefix + ln + ".b")
+        if ln_b is None:
+            ln_b = np.zeros(C, dtype=x.dtype)
+        if bc.norm == "pre":
+            h, ln_c = ops.layernorm_forward(x, ln_w, ln_b)
+            o, f_c = f(h)
+            o, drop_c = dropout_forward(o, p_drop, rng, train)
+            x = x + o
+        else:
+            o, f_c = f(x)
+            o, drop_c = dropout_forward(o, p_drop, rng, train)
+            x, ln_c = ops.layernorm_forward(x + o, ln_w, ln_b)
+        caches.append((ln, kind, ln_c, f_c, drop_c))
+    return x, (bc.norm, ops, caches)
+
+
+_BACKWARD = {"attn": mha_backward, "cross": cross_attention_backward, "mlp": mlp_backward}
+
+
+def block_backward(dout, cache, g, prefix):
+    """dout: (B, T, C) -> dx: (B, T, C), dmem: (B, S, C) or None (without cross-attention).
+    Writes the block's parameter gradients into g (a ParamStore's gradient views)."""
+    norm, ops, caches = cache
+    dx, dmem = dout, None
+    for ln, kind, ln_c, f_c, drop_c in reversed(caches):
+        if norm == "pre":
+            # forward was: x_out = x + drop(f(LN(x)))  ->  the residual copies dout to both paths
+            dh, *grads = _BACKWARD[kind](dropout_backward(dx, drop_c), f_c)
+            dx_ln, dw, db = ops.layernorm_backward(dh, ln_c)
+            dx = dx + dx_ln
+        else:
+            # forward was: x_out = LN(s), s = x + drop(f(x))  ->  ds = LN^T dout, dx = ds + f^T drop^T ds
+            ds, dw, db = ops.layernorm_backward(dx, ln_c)
+            dh, *grads = _BACKWARD[kind](dropout_backward(ds, drop_c), f_c)
+            dx = ds + dh
+        _put(g, prefix + ln + ".w", dw)
+        _put(g, prefix + ln + ".b", db)
+        if kind == "cross":
+            dmem, grads = grads[0], grads[1:]
+        for lin, dw_lin, db_lin in zip(SUBLAYERS[kind], grads[0::2], grads[1::2]):
+            _put(g, f"{prefix}{lin}.w", dw_lin)
+            _put(g, f"{prefix}{lin}.b", db_lin)
+    return dx, dmem
+
+
+# ----------------------------------------------------------------------------- a stack of blocks
+
+
+def stack_forward(x, p, prefixes, bc, ops, final_norm=None, **kw):
+    """Blocks `prefixes` (e.g. ["h.0.", "h.1."]) in order, then the layer norm `final_norm`
+    (e.g. "ln_f") if given. kw: block_forward's keywords; a kv_cache's layer is the block's index.
+    -> out: (B, T, C), cache"""
+    caches = []
+    for i, prefix in enumerate(prefixes):
+        x, c = block_forward(x, p, prefix, bc, ops, layer=i, **kw)
+        caches.append(c)
+    norm_c = None
+    if final_norm is not None:
+        b = p.get(final_norm + ".b")
+        x, norm_c = ops.layernorm_forward(x, p[final_norm + ".w"], np.zeros(x.shape[-1], x.dtype) if b is None else b)
+    return x, (prefixes, final_norm, caches, norm_c, ops)
+
+
+def stack_backward(dout, cache, g, first_block=0):
+    """dout: (B, T, C) -> dx: (B, T, C), dmem (sum over the blocks' cross-attention, or None).
+    Writes gradients of the final norm and of blocks first_block .. L-1 only (a caller that
+    trains only the top of the network stops early)."""
+    prefixes, final_norm, caches, norm_c, ops = cache
+    dx = dout
+    if final_norm is not None:
+        dx, dw, db = ops.layernorm_backward(dx, norm_c)
+        _put(g, final_norm + ".w", dw)
+        _put(g, final_norm + ".b", db)
+    dmem = None
+    for i in reversed(range(first_block, len(prefixes))):
+        dx, dm = block_backward(dx, caches[i], g, prefixes[i])
+        if dm is not None:  # the memory feeds every block's cross-attention: its gradient is the sum
+            dmem = dm if dmem is None else dmem + dm
+    return dx, dmem
+
+
+# ----------------------------------------------------------------------------- embeddings and head
+
+
+def embed_forward(ids, wte, pos_table, *, offset=0, scale=None, p_drop=0.0, rng=None, train=False):
+    """x = wte[ids] (* scale) + pos_table[offset:offset+T], then dropout.
+
+    ids: (B, T) int, wte: (V, C), pos_table: (n_pos, C), learned or `layers.sinusoidal_table`
+    -> x: (B, T, C), cache. scale: the paper's sqrt(d_model) on the token embedding, or None.
+    """
+    x, emb_c = embedding_forward(ids, wte)  # (B, T, C)
+    if scale is not None:
+        x = x * x.dtype.type(scale)
+    x, pos_c = positional_forward(x, pos_table, offset)
+    x, drop_c = dropout_forward(x, p_drop, rng, train)
+    return x, (emb_c, pos_c, drop_c, scale)
+
+
+def embed_backward(dx, cache):
+    """dx: (B, T, C) -> dwte: (V, C), dpos_table: (n_pos, C) (ignore it for a fixed table)"""
+    emb_c, pos_c, drop_c, scale = cache
+    dx = dropout_backward(dx, drop_c)
+    # forward was: x = emb + table[offset:offset+T]
+    dx, dtable = positional_backward(dx, pos_c)
+    if scale is not None:
+        dx = dx * dx.dtype.type(scale)
+    return embedding_backward(dx, emb_c), dtable
+
+
+def tied_head_forward(x, wte, bias, ops):
+    """logits = x @ wte^T (+ bias): the output layer tied to the token embedding.
+
+    x: (B, T, C), wte: (V, C), bias: (V,) or None -> logits: (B, T, V), cache. The transpose
+    is a view, not a copy: BLAS reads it as is (copying a 50257 x 768 table cost ~1 s per
+    decoded token at GPT-2 size), and the Numba wrapper makes its own copy if it needs one.
+    """
+    logits, c = ops.linear_forward(x, wte.T, bias)
+    return logits, (c, ops)
+
+
+def tied_head_backward(dout, cache):
+    """dout: (B, T, V) -> dx: (B, T, C), dwte (head part): (V, C), dbias: (V,) or None.
+    The caller adds dwte to the embedding's own gradient: wte is used twice."""
+    c, ops = cache
+    dx, dw, db = ops.linear_backward(dout, c)
+    return dx, dw.T, db
+
+
+def residual_std(n_layer, per_layer=2):
+    """GPT-2's init of the residual projections: 0.02 / sqrt(number of residual branches)."""
+    return 0.02 / math.sqrt(per_layer * n_layer)

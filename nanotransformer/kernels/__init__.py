@@ -52,7 +52,7 @@ Does not: run fast under NUMBA_DISABLE_JIT=1 (the same code then runs as plain P
 CI uses for coverage), or use BLAS (that is the "numpy" backend: backend.AUTO records which one
 the default picks per op, and why).
 """
-from . import adamw, attention, bpe, cross_entropy, gelu, jit, layernorm, matmul
+from . import adamw, attention, bpe, cross_entropy, gelu, jit, layernorm, matmul  # noqa: F401 (bpe: the BPE kernels)
 
 # The float kernels inline jit.py's helpers: key their on-disk cache on jit.py too (see above).
 # Done before the re-exports, after which `matmul` here names the function, not the module.

@@ -35,7 +35,7 @@ Does not: implement dropout on the attention weights (only on the embeddings and
 of each residual branch), mixed precision, or sliding-window attention past block_size (the
 generator crops the context instead, see `generation.py`).
 """
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,13 +54,13 @@ from .block import (
 )
 from .layers import sinusoidal_table
 from .params import ParamStore
-from .validation import check_array, check_ids, check_model_config
+from .validation import ConfigDict, check_array, check_ids, check_model_config
 
 POS_KINDS = ("learned", "sinusoidal")
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ConfigDict):
     """Hyper-parameters of the network (not of training: see `train.TrainConfig`)."""
 
     vocab_size: int = 65
@@ -78,17 +78,6 @@ class GPTConfig:
         if self.pos not in POS_KINDS:
             raise ValueError(f"pos: expected one of {POS_KINDS}, got {self.pos!r}")
 
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        """Build from a dict (e.g. a checkpoint's JSON), rejecting unknown keys by name."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"config: unknown keys {unknown}, expected some of {sorted(known)}")
-        return cls(**d)
 
 
 class KVCache:
@@ -132,6 +121,7 @@ class GPT(ParamStore):
     """
 
     kind = "gpt"
+    config_class = GPTConfig
 
     def __init__(self, config, dtype=np.float32, seed=0):
         if not isinstance(config, GPTConfig):
@@ -240,13 +230,3 @@ class GPT(ParamStore):
 
     # ------------------------------------------------------------------------- state
 
-    def config_dict(self):
-        return self.config.to_dict()
-
-    @classmethod
-    def from_config(cls, d, dtype=np.float32, backend=None):
-        """Rebuild from `config_dict()` (e.g. a checkpoint's JSON); backend overrides the saved one."""
-        d = dict(d)
-        if backend is not None:
-            d["backend"] = backend
-        return cls(GPTConfig.from_dict(d), dtype=dtype)

@@ -113,10 +113,14 @@ class ParamStore:
         for name, _ in self.specs:
             self.p[name][...] = tensors[name]
 
-    def backward_cache(self):
-        """The cache of the last forward with targets, consumed (one backward per forward)."""
-        cache = getattr(self, "_cache", None)
-        if cache is None:
-            raise ValueError(f"backward: expected a preceding {type(self).__name__}.forward(...) with targets, got none")
-        self._cache = None
-        return cache
+    def config_dict(self):
+        """The model's config as the dict a checkpoint stores (`checkpoint.py`)."""
+        return self.config.to_dict()
+
+    @classmethod
+    def from_config(cls, d, dtype=np.float32, backend=None):
+        """Rebuild from `config_dict()` (e.g. a checkpoint's JSON); backend overrides the saved one."""
+        d = dict(d)
+        if backend is not None:
+            d["backend"] = backend
+        return cls(cls.config_class.from_dict(d), dtype=dtype)

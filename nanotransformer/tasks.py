@@ -46,6 +46,13 @@ class Vocab:
     def vocab_size(self):
         return len(self.itos)
 
+    # the ids of the special tokens (the same in every Vocab with the default specials)
+    pad_id = property(lambda self: self.stoi["[PAD]"])
+    bos_id = property(lambda self: self.stoi["[BOS]"])
+    eos_id = property(lambda self: self.stoi["[EOS]"])
+    cls_id = property(lambda self: self.stoi["[CLS]"])
+    mask_id = property(lambda self: self.stoi["[MASK]"])
+
     def __eq__(self, other):
         return isinstance(other, Vocab) and self.itos == other.itos and self.specials == other.specials
 
@@ -389,14 +396,16 @@ class MaskedLMTask:
 
 class TranslationTask:
     """The encoder-decoder: teacher-forcing batches of (source, target) token pairs ->
-    (src (B, S), tgt_in (B, T), targets (B, T)) from `make_batch`."""
+    (src (B, S), tgt_in (B, T), targets (B, T)) from `make_batch`. label_smoothing: the training
+    loss's (None: the model config's); evaluation always reports the plain cross-entropy."""
 
     perplexity = True
 
-    def __init__(self, vocab, train_pairs, val_pairs=None, source="pairs"):
+    def __init__(self, vocab, train_pairs, val_pairs=None, source="pairs", label_smoothing=None):
         if not train_pairs:
             raise ValueError("pairs: expected at least one training pair, got none")
         self.vocab, self.source = vocab, source
+        self.train_kwargs = {} if label_smoothing is None else {"label_smoothing": label_smoothing}
         self.pairs = {"train": list(train_pairs), "val": list(val_pairs or train_pairs)}
 
     def get_batch(self, split, batch_size, rng):
@@ -422,3 +431,14 @@ class ClassificationTask:
         idx = self.splits[split][rng.integers(0, len(self.splits[split]), size=batch_size)]
         ln = self.lengths[idx]
         return self.ids[idx, : ln.max()], ln, self.labels[idx]
+
+
+class CLSClassificationTask(ClassificationTask):
+    """BERT's [CLS] classification: (ids (B, T), labels (B,)) for `BERT.forward_cls` (the padding
+    mask replaces the lengths)."""
+
+    method = "forward_cls"
+
+    def get_batch(self, split, batch_size, rng):
+        ids, _, labels = super().get_batch(split, batch_size, rng)
+        return ids, labels

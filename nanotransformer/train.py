@@ -116,6 +116,11 @@ class Trainer:
 
     # ------------------------------------------------------------------------- steps
 
+    def _forward(self, *batch, **kw):
+        """The model's forward for this task's objective (a task may name another method, e.g.
+        BERT's "forward_cls"); the loss it returns is what `backward()` differentiates."""
+        return getattr(self.model, getattr(self.task, "method", "forward"))(*batch, **kw)
+
     def lr_at(self, step):
         c = self.config
         return lr_schedule(step, c.lr, c.warmup, c.max_steps, c.min_lr)
@@ -124,7 +129,7 @@ class Trainer:
         """One optimiser step; returns the (pre-update) training loss of the batch."""
         c, model = self.config, self.model
         batch = self.task.get_batch("train", c.batch_size, self.rng)
-        _, loss = model.forward(*batch, train=True, rng=self.rng)
+        _, loss = self._forward(*batch, train=True, rng=self.rng, **getattr(self.task, "train_kwargs", {}))
         if not math.isfinite(loss):
             self._diverged(f"loss is {loss}")
         model.backward()
@@ -158,7 +163,7 @@ class Trainer:
         out = {}
         for k, split in enumerate(("train", "val")):
             rng = np.random.default_rng([c.seed, 1 + k])  # same batches at every evaluation
-            losses = [self.model.forward(*self.task.get_batch(split, c.batch_size, rng))[1] for _ in range(c.eval_iters)]
+            losses = [self._forward(*self.task.get_batch(split, c.batch_size, rng))[1] for _ in range(c.eval_iters)]
             out[split] = float(np.mean(losses))
         return out
 
@@ -259,6 +264,20 @@ class Trainer:
             tr.history = {k: list(hist.get(k, [])) for k in ("step", "loss", "lr", "eval")}
         tr.last_saved_step = ckpt.step
         return tr
+
+
+def fit_task(model, task, steps, batch_size=32, lr=1e-3, warmup=50, weight_decay=0.01, grad_clip=1.0, seed=0,
+             log_every=0, beta2=0.999):  # fmt: skip
+    """Train `model` on `task` for `steps` steps with the one `Trainer` (no checkpoints, no
+    progress bar) and return the per-step training losses: the library functions `train_mlm`,
+    `train_classifier`, `train_seq2seq` are this. log_every > 0 evaluates (and prints) every that
+    many steps. The learning rate warms up, then decays by cosine to lr / 10."""
+    config = TrainConfig(batch_size=batch_size, max_steps=steps, lr=lr, warmup=warmup, weight_decay=weight_decay,
+                         grad_clip=grad_clip, beta2=beta2, eval_interval=log_every or steps, eval_iters=1,
+                         seed=seed)  # fmt: skip
+    trainer = Trainer(model, task, config, progress=False)
+    trainer.fit(log=print if log_every else False)
+    return list(trainer.history["loss"])
 
 
 # ----------------------------------------------------------------------------- evaluation on a text

@@ -6,6 +6,8 @@ public wrappers and the NumPy layers call these helpers first.
 
 Does not: coerce or copy anything. A check either passes silently or raises.
 """
+from dataclasses import asdict, fields
+
 import numpy as np
 
 
@@ -63,3 +65,20 @@ def check_model_config(cfg, int_fields):
         raise ValueError(f"n_head: expected a divisor of d_model={cfg.d_model}, got {cfg.n_head}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout: expected a probability in [0, 1), got {cfg.dropout}")
+
+
+class ConfigDict:
+    """Mixin of the model config dataclasses (GPT, BERT, encoder-decoder): the dict a checkpoint
+    stores, and back, rejecting unknown keys by name."""
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        """Build from a dict (e.g. a checkpoint's JSON), rejecting unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"config: unknown keys {unknown}, expected some of {sorted(known)}")
+        return cls(**d)

@@ -55,6 +55,50 @@ def test_round_trip(saved):
     assert files == ["checkpoint.json", saved.weights.name]  # no temp files left behind
 
 
+def _every_kind():
+    """One small model of each checkpoint kind, with its tokenizer and a forward that uses it."""
+    from nanotransformer.bert import BERT, BERTConfig
+    from nanotransformer.encoder_decoder import Seq2Seq, Seq2SeqConfig
+    from nanotransformer.finetuning import GPTClassifier
+    from nanotransformer.tasks import char_vocab
+
+    vocab = char_vocab("abcdef")
+    ids = np.array([[3, 5, 6, 7], [3, 8, 9, 0]])
+    gpt = GPT(GPTConfig(**CFG), seed=1)
+    return {
+        "gpt": (gpt, CharTokenizer.from_text("abcdefghijk\n"), lambda m: m.forward(ids % 12)[0]),
+        "bert": (BERT(BERTConfig(vocab_size=len(vocab), block_size=8, n_layer=1, n_head=2, d_model=8), seed=2), vocab,
+                 lambda m: m.forward(ids)[0]),
+        "seq2seq": (Seq2Seq(Seq2SeqConfig(vocab_size=len(vocab), max_len=8, n_head=2, d_model=8), seed=3), vocab,
+                    lambda m: m.forward(ids, ids[:, :3])[0]),
+        "classifier": (GPTClassifier(GPT(GPTConfig(**CFG), seed=4), n_classes=3, train_blocks=1, seed=5), None,
+                       lambda m: m.forward(ids % 12, np.array([4, 3]))[0]),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ck.MODEL_KINDS)
+def test_round_trip_of_every_model_kind(kind, tmp_path, rng):
+    """GPT, BERT, the encoder-decoder and the classifier: the same weights, moments, tokenizer,
+    config and outputs after a save and load; the sidecar names the kind."""
+    model, tok, run = _every_kind()[kind]
+    model.params += rng.normal(0, 0.1, model.params.shape).astype(model.dtype)  # off the init
+    opt = AdamW(model, weight_decay=0.1)
+    opt.m[0][...] = rng.normal(size=opt.m[0].shape)
+    save_checkpoint(tmp_path / kind, model, tokenizer=tok, step=3, optimizer=opt)
+    assert json.loads((tmp_path / kind / "checkpoint.json").read_text())["kind"] == kind
+    c = load_checkpoint(tmp_path / kind)
+    assert type(c.model) is type(model) and c.model.config_dict() == model.config_dict()
+    assert np.array_equal(c.model.params, model.params) and np.array_equal(c.optimizer["m"], opt.m[0])
+    assert c.model.frozen == model.frozen
+    assert np.array_equal(run(c.model), run(model))
+    if tok is None:
+        assert c.tokenizer is None
+    elif kind == "gpt":
+        assert c.tokenizer.encode("abc\n") == tok.encode("abc\n")
+    else:
+        assert c.tokenizer == tok  # a tasks.Vocab: the same tokens and specials
+
+
 def test_safetensors_holds_gpt2_names_and_moments(saved):
     from safetensors.numpy import load_file
 

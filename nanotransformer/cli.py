@@ -1,18 +1,31 @@
-"""The `nanotransformer` command: train a GPT on a text, sample from it, measure its perplexity.
+"""The `nanotransformer` command: train a GPT, a BERT or an encoder-decoder, fine-tune a GPT as a
+classifier, and sample from / measure any of them.
 
-    nanotransformer train                              # the built-in corpus, ~1-2 minutes, prints a sample
+    nanotransformer train                              # a GPT on the built-in corpus, ~30 s, prints a sample
     nanotransformer train tinyshakespeare --max-steps 3000 --out runs/shakespeare
     nanotransformer train --resume --out runs/shakespeare --max-steps 5000
+    nanotransformer train --max-steps 5000 --stop-after 1000 --out runs/long   # in pieces: then --resume
+    nanotransformer train --model bert --out runs/bert         # masked LM on alice, ~20 s, prints a fill-mask
+    nanotransformer train --model seq2seq --out runs/numbers   # number -> words, ~20 s, exact match + BLEU
+    nanotransformer train --model seq2seq pairs.tsv --block-size 64 --out runs/tsv   # source<TAB>target lines
+    nanotransformer finetune runs/shakespeare ../shared/data/sentiment --out runs/sentiment
     nanotransformer generate --checkpoint runs/shakespeare --prompt "ROMEO:" --temperature 0.8
-    nanotransformer eval --checkpoint runs/shakespeare some.txt
+    nanotransformer generate --checkpoint runs/bert --prompt "Alice w_s"      # fills the _
+    nanotransformer generate --checkpoint runs/numbers --prompt 307415 --num-beams 4
+    nanotransformer generate --checkpoint runs/sentiment --prompt "Great phone, works well."
+    nanotransformer eval --checkpoint runs/shakespeare some.txt      # perplexity (BERT: masked-LM loss)
+    nanotransformer eval --checkpoint runs/numbers numbers           # exact match + BLEU
+    nanotransformer eval --checkpoint runs/sentiment ../shared/data/sentiment   # accuracy + F1
 
-Each subcommand maps onto the library: `data.load_text` / `data.build_tokenizer` /
-`train.Trainer` for train, `generate.generate` for generate, `train.eval_loss` for eval.
-Bad input (a missing file, a corrupt checkpoint, a diverging run...) prints one `error: ...`
-line and exits with status 1; no traceback.
+Each subcommand maps onto the library: `train.Trainer` on a task of `tasks.py` for train and
+finetune (`cli_tasks.py` builds the task of each model kind from DATA), `generation.generate`,
+`bert.fill_mask`, `Seq2Seq.greedy_decode` / `beam_search` and `GPTClassifier.predict_proba`
+for generate, `train.eval_loss`, `encoder_decoder.evaluate_seq2seq` and `metrics` for eval.
+Bad input (a missing file, a corrupt checkpoint, a flag that does not apply to the model kind,
+a diverging run...) prints one `error: ...` line and exits with status 1; no traceback.
 
-Dimension legend (the flags): B --batch-size, T --block-size, L --n-layer, NH --n-head,
-C --d-model, V the tokenizer's vocabulary size.
+Dimension legend (the flags): B --batch-size, T --block-size (the encoder-decoder's max_len),
+L --n-layer (seq2seq: encoder and decoder each), NH --n-head, C --d-model, V the vocabulary size.
 
 Does not: run several experiments, read a config file (every setting is a flag), or
 distribute training.
@@ -26,13 +39,12 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from . import cli_tasks as per_kind
 from .backend import BACKENDS
-from .model import POS_KINDS, GPTConfig
+from .model import POS_KINDS
 
-# defaults sized so that a bare `nanotransformer train` finishes in about 1-2 minutes on 2 cores
-MODEL_DEFAULTS = dict(block_size=64, n_layer=4, n_head=4, d_model=128, dropout=0.0, pos="learned")
-TRAIN_DEFAULTS = dict(batch_size=16, max_steps=500, lr=3e-3, warmup=50, weight_decay=0.1, grad_clip=1.0,
-                      eval_interval=100, eval_iters=10, seed=1337)
+MODEL_DEFAULTS = per_kind.MODEL_DEFAULTS["gpt"]  # a bare `nanotransformer train`
+TRAIN_DEFAULTS = per_kind.TRAIN_DEFAULTS["gpt"]
 
 
 def _positive_int(s):
@@ -55,20 +67,24 @@ def _nonneg_int(s):
     return v
 
 
-MODEL_FLAGS = [  # (flag, type, help); defaults in MODEL_DEFAULTS
-    ("--block-size", _positive_int, "context length T"),
-    ("--n-layer", _positive_int, "transformer blocks L"),
+MODEL_FLAGS = [  # (flag, type, help); defaults in cli_tasks.MODEL_DEFAULTS
+    ("--block-size", _positive_int, "context length T; seq2seq: max_len, at least the longest source or target + 1"),
+    ("--n-layer", _positive_int, "transformer blocks L (seq2seq: encoder blocks = decoder blocks)"),
     ("--n-head", _positive_int, "attention heads NH"),
     ("--d-model", _positive_int, "channels C"),
     ("--dropout", float, "dropout probability (embeddings and residual branches)"),
+    ("--label-smoothing", float, "seq2seq: the training loss's label smoothing (eval reports plain cross-entropy)"),
 ]
-TRAIN_FLAGS = [  # defaults in TRAIN_DEFAULTS
-    ("--batch-size", _positive_int, "sequences per step B"),
-    ("--max-steps", _positive_int, "optimiser steps in total"),
+TRAIN_FLAGS = [  # defaults in cli_tasks.TRAIN_DEFAULTS
+    ("--batch-size", _positive_int, "sequences (pairs, sentences) per step B"),
+    ("--max-steps", _positive_int, "optimiser steps in total (the learning-rate schedule's length)"),
     ("--lr", float, "peak learning rate"),
     ("--min-lr", float, "learning rate at the end of the cosine (default: lr/10)"),
     ("--warmup", _nonneg_int, "linear warm-up steps"),
     ("--weight-decay", float, "AdamW decay of the 2-D weights"),
+    ("--beta1", float, "AdamW's first-moment decay, in [0, 1)"),
+    ("--beta2", float, "AdamW's second-moment decay, in [0, 1) (nanoGPT's Shakespeare recipe: 0.99)"),
+    ("--eps", float, "AdamW's epsilon, > 0"),
     ("--grad-clip", float, "max global gradient norm, 0 = off"),
     ("--eval-interval", _positive_int, "evaluate and checkpoint every N steps"),
     ("--eval-iters", _positive_int, "batches per split per evaluation"),
@@ -77,10 +93,27 @@ TRAIN_FLAGS = [  # defaults in TRAIN_DEFAULTS
 
 
 def _flag(group, flag, typ, text, defaults):
+    """Add `flag` (default None, so a given flag can be told from an unset one) with its
+    default(s) in the help: one value, or one per model kind."""
     key = flag[2:].replace("-", "_")
-    if key in defaults:
-        text = f"{text} (default: {defaults[key]})"
+    shown = {kind: d[key] for kind, d in defaults.items() if d.get(key) is not None}
+    fitted = "".join(f"; {kind}: DATA's longest + 1, rounded up to 8" for kind, d in defaults.items()
+                     if key in d and d[key] is None)  # seq2seq's max_len
+    if len(set(map(str, shown.values()))) == 1:
+        text = f"{text} (default: {next(iter(shown.values()))}{fitted})"
+    elif shown:
+        text = f"{text} (default: " + ", ".join(f"{v} {kind}" for kind, v in shown.items()) + f"{fitted})"
     group.add_argument(flag, type=typ, default=None, metavar="X" if typ is float else "N", help=text)
+
+
+def _training_flags(p, defaults, title):
+    g = p.add_argument_group(title)
+    for flag, typ, text in TRAIN_FLAGS:
+        _flag(g, flag, typ, text, defaults)
+    g.add_argument("--stop-after", type=_positive_int, default=None, metavar="N",
+                   help="stop (evaluated and checkpointed) after N steps of this run, keeping the schedule of "
+                        "--max-steps; --resume then continues bit-identically")
+    return g
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -95,7 +128,9 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser():
     p = argparse.ArgumentParser(
         prog="nanotransformer",
-        description="Train a small GPT (NumPy, hand-written backward passes) on a text, then sample from it.",
+        description="Train small transformers (NumPy, hand-written backward passes): a GPT on a text, a BERT "
+                    "masked LM, an encoder-decoder on translation pairs; fine-tune a GPT as a classifier; "
+                    "sample from and evaluate any of them.",
         epilog="Run `nanotransformer COMMAND --help` for the flags of each command.",
     )
     p.add_argument("--version", action="version", version=f"nanotransformer {__version__}")
@@ -103,87 +138,129 @@ def build_parser():
 
     # ------------------------------------------------------------------------- train
     t = sub.add_parser(
-        "train", help="train a GPT on a text and print a sample",
-        description="Train a GPT on a text file, a directory of text files, or a named corpus; checkpoint it "
-                    "to --out, write --out/loss.png and print a sample. Model and training flags left unset "
-                    "take the defaults shown (or, with --resume, the checkpoint's values).",
+        "train", help="train a GPT, BERT or encoder-decoder and show what it learned",
+        description="Train a model on DATA; checkpoint it to --out, write --out/loss.png, then print a GPT "
+                    "sample, a BERT fill-mask or the encoder-decoder's exact match + BLEU and example "
+                    "translations. With the defaults, on 2 idle cores, --model gpt takes about 30 s, "
+                    "--model bert and --model seq2seq about 20 s each (a busy machine: several times longer). Model and training flags left unset "
+                    "take the defaults shown for the --model (or, with --resume, the checkpoint's values).",
         formatter_class=_Formatter,
     )
     t.add_argument("data", nargs="?", default=None, metavar="DATA",
-                   help="text file, directory of .txt/.md files, 'alice' (built in) or 'tinyshakespeare' "
-                        "(downloaded once, sha256-checked). default: 'alice', or with --resume the "
-                        "checkpoint's data")
+                   help="gpt, bert: a text file, directory of .txt/.md files, 'alice' (built in, the default) or "
+                        "'tinyshakespeare' (downloaded once, sha256-checked). seq2seq: 'numbers' (built in, the "
+                        "default: numbers below a million -> English words, 10,000 train / 500 val) or a UTF-8 "
+                        "file of source<TAB>target lines (characters as tokens). With --resume, default: the checkpoint's")
     g = t.add_argument_group("data")
-    g.add_argument("--tokenizer", default="char", metavar="char|bpe|FILE",
-                   help="'char', 'bpe' (trained on DATA) or a saved tokenizer file")
-    g.add_argument("--vocab-size", type=_positive_int, default=512, metavar="N",
-                   help="vocabulary size for --tokenizer bpe")
-    g.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
-                   help="fraction of the tokens (at the end) held out")
+    g.add_argument("--tokenizer", default=None, metavar="char|bpe|FILE",
+                   help="gpt: 'char', 'bpe' (trained on DATA) or a saved tokenizer file (default: char; bert "
+                        "always uses DATA's characters)")
+    g.add_argument("--vocab-size", type=_positive_int, default=None, metavar="N",
+                   help="vocabulary size for --tokenizer bpe (default: 512)")
+    g.add_argument("--val-fraction", type=float, default=None, metavar="X",
+                   help="held out: the tokens at the end (gpt, bert) or, for a TSV, random pairs (default: 0.1)")
     g = t.add_argument_group("model (with --resume these must match the checkpoint)")
+    g.add_argument("--model", choices=per_kind.KINDS, default=None,
+                   help="gpt (causal LM), bert (masked LM) or seq2seq (encoder-decoder) (default: gpt)")
     for flag, typ, text in MODEL_FLAGS:
-        _flag(g, flag, typ, text, MODEL_DEFAULTS)
-    g.add_argument("--no-bias", action="store_true", help="no biases in linear layers and layer norms")
-    g.add_argument("--pos", choices=POS_KINDS, help=f"position embeddings (default: {MODEL_DEFAULTS['pos']})")
+        _flag(g, flag, typ, text, per_kind.MODEL_DEFAULTS)
+    g.add_argument("--no-bias", action="store_true", help="gpt: no biases in linear layers and layer norms")
+    g.add_argument("--pos", choices=POS_KINDS, help=f"gpt: position embeddings (default: {MODEL_DEFAULTS['pos']})")
     g.add_argument("--backend", choices=BACKENDS + ("auto",), default=None,
                    help="hot-op implementation (default: $NANOTRANSFORMER_BACKEND, else auto)")
-    g = t.add_argument_group("training (with --resume, given flags override the checkpoint's)")
-    for flag, typ, text in TRAIN_FLAGS:
-        _flag(g, flag, typ, text, TRAIN_DEFAULTS)
+    _training_flags(t, {k: per_kind.TRAIN_DEFAULTS[k] for k in per_kind.KINDS},
+                    "training (with --resume, given flags override the checkpoint's)")
     g = t.add_argument_group("output")
     g.add_argument("--out", default="out", metavar="DIR", help="checkpoint directory (also holds loss.png)")
-    g.add_argument("--resume", action="store_true", help="continue the checkpoint in --out (bit-identically)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the checkpoint in --out, of any kind (bit-identically)")
     g.add_argument("--sample-tokens", type=_nonneg_int, default=300, metavar="N",
-                   help="tokens to sample at the end (0: none)")
+                   help="gpt: tokens to sample at the end; bert, seq2seq: N > 0 prints examples (0: none)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+    # ------------------------------------------------------------------------- finetune
+    f = sub.add_parser(
+        "finetune", help="fine-tune a GPT checkpoint as a sentence classifier",
+        description="Load the GPT in CHECKPOINT, put a classification head on it (GPT-1 style) and train on "
+                    "the labelled sentences of DATA, split at random (--split-seed) into train / validation / "
+                    "test; save the classifier to --out and print its test accuracy and F1 next to a "
+                    "bag-of-words logistic regression trained on the same train split. The input checkpoint "
+                    "is never written to. 300 steps of a default `train` GPT take about 40 s on 2 cores.",
+        formatter_class=_Formatter,
+    )
+    f.add_argument("checkpoint", metavar="CHECKPOINT", help="a GPT checkpoint directory (train --out)")
+    f.add_argument("data", metavar="DATA", help="a file of sentence<TAB>0|1 lines, or a directory of "
+                                                "*_labelled.txt files (e.g. ../shared/data/sentiment)")
+    f.add_argument("--out", required=True, metavar="DIR", help="where to save the classifier (not CHECKPOINT)")
+    g = f.add_argument_group("classifier")
+    g.add_argument("--pool", choices=("last", "mean"), default="last",
+                   help="last: the last real token's state (it has read the whole sentence); mean: every token's")
+    g.add_argument("--train-blocks", type=_nonneg_int, default=None, metavar="N",
+                   help="train only the last N blocks, the final layer norm and the head; freeze the rest "
+                        "(default: train everything)")
+    g = f.add_argument_group("data")
+    g.add_argument("--test-fraction", type=float, default=0.2, metavar="X", help="sentences held out for the test")
+    g.add_argument("--val-fraction", type=float, default=0.1, metavar="X", help="sentences held out for validation")
+    g.add_argument("--split-seed", type=int, default=0, metavar="N", help="seed of the random split")
+    _training_flags(f, {"classifier": per_kind.TRAIN_DEFAULTS["classifier"]}, "training")
+    f.add_argument("--backend", choices=BACKENDS + ("auto",), default=None, help="hot-op implementation")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
     # ------------------------------------------------------------------------- generate
     s = sub.add_parser(
-        "generate", help="sample text from a checkpoint",
-        description="Continue a prompt with a trained model: sampling (temperature, top-k, top-p), "
-                    "greedy (--temperature 0) or beam search (--num-beams > 1).",
+        "generate", help="use a checkpoint on a prompt: continue, translate, fill in or classify it",
+        description="GPT: continue the prompt, sampling (temperature, top-k, top-p), greedy (--temperature 0) or "
+                    "beam search (--num-beams > 1). seq2seq: translate the prompt (numbers: its digits), greedy "
+                    "or beam search. BERT: fill each _ of the prompt. classifier: the prompt's class and "
+                    "probabilities. A flag the checkpoint's kind does not use is an error.",
         formatter_class=_Formatter,
     )
-    s.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint directory (train --out)")
-    s.add_argument("--prompt", default="\n", metavar="TEXT",
-                   help="text to continue; \\n stands for a newline (default: a newline)")
-    s.add_argument("--max-new-tokens", type=_nonneg_int, default=300, metavar="N", help="tokens to generate")
-    s.add_argument("--temperature", type=float, default=0.8, metavar="X", help="0 = greedy; <1 sharper, >1 more random")
+    s.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint directory (train/finetune --out)")
+    s.add_argument("--prompt", default=None, metavar="TEXT",
+                   help="the text; \\n stands for a newline (default for a GPT: a newline)")
+    s.add_argument("--max-new-tokens", type=_nonneg_int, default=None, metavar="N",
+                   help="gpt, seq2seq: tokens to generate (default: 300 gpt; seq2seq: as many as max_len allows)")
+    s.add_argument("--temperature", type=float, default=None, metavar="X",
+                   help="gpt: 0 = greedy; <1 sharper, >1 more random (default: 0.8)")
     s.add_argument("--top-k", type=_positive_int, default=None, metavar="K",
-                   help="sample only from the k most likely tokens")
+                   help="gpt: sample only from the k most likely tokens; bert: candidates shown per _ (default 3)")
     s.add_argument("--top-p", type=float, default=None, metavar="P",
-                   help="nucleus: sample from the smallest set of tokens with probability >= p")
-    s.add_argument("--num-samples", type=_positive_int, default=1, metavar="N", help="independent samples (one batch)")
-    s.add_argument("--num-beams", type=_positive_int, default=1, metavar="N",
-                   help="beam search with this many beams (>1)")
-    s.add_argument("--length-penalty", type=float, default=1.0, metavar="X",
-                   help="beam search: score / length**penalty")
+                   help="gpt: nucleus, sample from the smallest set of tokens with probability >= p")
+    s.add_argument("--num-samples", type=_positive_int, default=None, metavar="N",
+                   help="gpt: independent samples, one batch (default: 1)")
+    s.add_argument("--num-beams", type=_positive_int, default=None, metavar="N",
+                   help="gpt, seq2seq: beam search with this many beams (>1) (default: 1)")
+    s.add_argument("--length-penalty", type=float, default=None, metavar="X",
+                   help="beam search; gpt: score / length**X (default: 1.0); seq2seq: GNMT's score / "
+                        "((5 + length) / 6)**X (default: 0.6)")
     s.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="end a sample before this text (repeatable)")
-    s.add_argument("--seed", type=int, default=None, metavar="N", help="sampling seed (default: random)")
+                   help="gpt: end a sample before this text (repeatable)")
+    s.add_argument("--seed", type=int, default=None, metavar="N", help="gpt: sampling seed (default: random)")
     s.add_argument("--backend", choices=BACKENDS + ("auto",), default=None, help="hot-op implementation")
 
     # ------------------------------------------------------------------------- eval
     e = sub.add_parser(
-        "eval", help="loss and perplexity of a checkpoint on a text file",
-        description="Mean cross-entropy (nats/token) and perplexity exp(loss) of the model on FILE, over "
-                    "consecutive windows of block_size tokens (each token predicted once).",
+        "eval", help="measure a checkpoint on data (perplexity, masked-LM loss, BLEU, accuracy)",
+        description="gpt: mean cross-entropy (nats/token) and perplexity exp(loss) on FILE, over consecutive "
+                    "windows of block_size tokens (each token predicted once). bert: masked-LM loss on FILE's "
+                    "text, masked with --seed. seq2seq: exact match and BLEU on 'numbers' or a TSV file "
+                    "(the run's own data: its held-out pairs). classifier: accuracy and F1 on a sentiment file "
+                    "or directory (the run's own data: its held-out test split).",
         formatter_class=_Formatter,
     )
-    e.add_argument("file", metavar="FILE", help="UTF-8 text file (or directory / corpus name, as for train)")
-    e.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint directory (train --out)")
-    e.add_argument("--batch-size", type=_positive_int, default=16, metavar="N", help="windows per forward pass")
+    e.add_argument("file", metavar="FILE", help="the DATA, as for train or finetune: text file, directory, corpus "
+                                                "name, 'numbers', a TSV file or sentiment data")
+    e.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint directory (train/finetune --out)")
+    e.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                   help="rows per forward pass (default: 16 windows for gpt/bert, 256 pairs or sentences)")
+    e.add_argument("--num-beams", type=_positive_int, default=None, metavar="N",
+                   help="seq2seq: beam search with this many beams (default: greedy)")
+    e.add_argument("--seed", type=int, default=None, metavar="N", help="bert: seed of the masking (default: 0)")
     e.add_argument("--backend", choices=BACKENDS + ("auto",), default=None, help="hot-op implementation")
     return p
 
 
-# ----------------------------------------------------------------------------- train
-
-
-def _model_config(args, vocab_size):
-    vals = {k: getattr(args, k) for k in MODEL_DEFAULTS}
-    vals = {k: (MODEL_DEFAULTS[k] if v is None else v) for k, v in vals.items()}
-    return GPTConfig(vocab_size=vocab_size, bias=not args.no_bias, backend=args.backend, **vals)
+# ----------------------------------------------------------------------------- train, finetune
 
 
 def _train_overrides(args):
@@ -191,128 +268,205 @@ def _train_overrides(args):
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
+def _check_adamw_flags(args):
+    for name in ("beta1", "beta2"):
+        v = getattr(args, name)
+        if v is not None and not 0.0 <= v < 1.0:
+            raise ValueError(f"--{name}: expected a value in [0, 1), got {v}")
+    if args.eps is not None and not (args.eps > 0 and math.isfinite(args.eps)):
+        raise ValueError(f"--eps: expected a positive number, got {args.eps}")
+
+
 def cmd_train(args, out=print):
-    from .checkpoint import has_checkpoint, read_sidecar
-    from .data import TokenData, build_tokenizer, load_text
-    from .model import GPT
+    from .checkpoint import has_checkpoint, load_checkpoint, read_sidecar
     from .train import TrainConfig, Trainer
 
+    _check_adamw_flags(args)
     out_dir = Path(args.out)
     if args.resume:
         sc = read_sidecar(out_dir)  # validates before any work
-        cfg = sc["config"]
-        for k in MODEL_DEFAULTS:
-            given = getattr(args, k)
-            if given is not None and given != cfg[k]:
-                raise ValueError(f"--{k.replace('_', '-')}: cannot change the model when resuming "
-                                 f"(the checkpoint in {out_dir} has {cfg[k]!r}, got {given!r})")
-        from .checkpoint import load_checkpoint
-
+        kind = sc.get("kind", "gpt")
+        if args.model is not None and args.model != kind:
+            raise ValueError(f"--model: cannot change the model when resuming (the checkpoint in {out_dir} "
+                             f"has {kind!r}, got {args.model!r})")
+        per_kind.check_resume_flags(args, kind, sc, out_dir)
         ckpt = load_checkpoint(out_dir, backend=args.backend)
-        data_meta = ckpt.meta.get("data", {})
-        text, name = load_text(args.data or data_meta.get("source"))
-        data = TokenData(_encode(ckpt.tokenizer, text, name), data_meta.get("val_fraction", 0.1), name)
-        trainer = Trainer.from_checkpoint(ckpt, data, progress=not args.no_progress, overrides=_train_overrides(args))
-        out(f"resuming {out_dir} at step {trainer.step} of {trainer.config.max_steps} ({name})")
+        run = per_kind.resume_run(ckpt, args.data)
+        trainer = Trainer.from_checkpoint(ckpt, run.task, progress=not args.no_progress,
+                                          overrides=_train_overrides(args))
+        what = run.name if kind == "gpt" else f"{run.name}; {kind}"
+        out(f"resuming {out_dir} at step {trainer.step} of {trainer.config.max_steps} ({what})")
         if trainer.step >= trainer.config.max_steps:
             out(f"nothing to do: already at step {trainer.step}; raise --max-steps to train further")
     else:
-        text, name = load_text(args.data)
-        tok = build_tokenizer(text, args.tokenizer, args.vocab_size)
-        data = TokenData(_encode(tok, text, name), args.val_fraction, name)
-        config = _model_config(args, tok.vocab_size)
-        data.check_block_size(config.block_size)
-        tcfg = TrainConfig(**{**TRAIN_DEFAULTS, **_train_overrides(args)})
-        model = GPT(config, seed=tcfg.seed)
+        kind = args.model or "gpt"
+        per_kind.reject_flags(args, [d for d, kinds in per_kind.ONLY_FOR.items() if kind not in kinds], f"--model {kind}")
+        tcfg = TrainConfig(**{**per_kind.TRAIN_DEFAULTS[kind], **_train_overrides(args)})
+        model, run = per_kind.new_run(kind, args, tcfg.seed)
         if has_checkpoint(out_dir):
             out(f"note: {out_dir} already holds a checkpoint; this run replaces it at its first evaluation "
                 f"(use --resume to continue it instead)")
-        source = args.data or "alice"
-        if Path(source).exists():  # absolute, so --resume finds it from any directory
-            source = str(Path(source).resolve())
-        data_meta = {"source": source, "tokenizer": args.tokenizer, "val_fraction": args.val_fraction}
-        trainer = Trainer(model, data, tcfg, tokenizer=tok, out_dir=out_dir, progress=not args.no_progress,
-                          data_meta=data_meta)
-        c = config
-        out(f"data: {name}, {len(text):,} characters -> {len(data):,} tokens (vocab {tok.vocab_size}), "
-            f"{len(data.split['train']):,} train / {len(data.split['val']):,} val")
-        out(f"model: {model.num_params():,} parameters (L={c.n_layer}, NH={c.n_head}, C={c.d_model}, "
-            f"T={c.block_size}, {c.pos} positions, backend {model.ops.name}); "
-            f"training {tcfg.max_steps} steps of {tcfg.batch_size}x{c.block_size} tokens")
+        trainer = Trainer(model, run.task, tcfg, tokenizer=run.tokenizer, out_dir=out_dir,
+                          progress=not args.no_progress, data_meta=run.meta)
+        for line in per_kind.describe(run, model, tcfg):
+            out(line)
+    _fit_and_report(trainer, run, args, out_dir, out, args.sample_tokens)
 
-    log = out if args.no_progress else None
-    trainer.fit(log=log)
+
+def _fit_and_report(trainer, run, args, out_dir, out, sample_tokens):
+    trainer.fit(log=out if args.no_progress else None, stop_after=args.stop_after)
     ev = trainer.history["eval"][-1] if trainer.history["eval"] else None
     if ev is not None:
-        out(f"final: step {trainer.step}, val loss {ev['val']:.4f}, val perplexity {math.exp(ev['val']):.2f}")
+        ppl = f", val perplexity {math.exp(ev['val']):.2f}" if getattr(trainer.task, "perplexity", False) else ""
+        out(f"final: step {trainer.step}, val loss {ev['val']:.4f}{ppl}")
     out(f"checkpoint: {out_dir}/  loss curve: {out_dir / 'loss.png'}")
-    if args.sample_tokens:
-        from .generate import generate
-
-        prompt = _default_prompt(trainer.tokenizer)
-        text = generate(trainer.model, trainer.tokenizer, prompt, args.sample_tokens, temperature=0.8, seed=0)[0]
-        out("sample (temperature 0.8):")
-        out(prompt + text)
+    if trainer.step < trainer.config.max_steps:
+        out(f"stopped at step {trainer.step} of {trainer.config.max_steps} (--stop-after); continue with "
+            f"`nanotransformer train --resume --out {out_dir}`")
+    per_kind.report(run, trainer.model, trainer.tokenizer, sample_tokens, out)
 
 
-def _encode(tok, text, name):
-    try:
-        return np.asarray(tok.encode(text), dtype=np.int64)
-    except ValueError as e:
-        raise ValueError(f"{name}: cannot be encoded with this tokenizer ({e})") from None
+def cmd_finetune(args, out=print):
+    from .checkpoint import has_checkpoint, load_checkpoint, read_sidecar
+    from .finetuning import GPTClassifier
+    from .train import TrainConfig, Trainer
 
-
-def _default_prompt(tok):
-    """A newline if the tokenizer can encode it (a natural start of text), else its first token."""
-    try:
-        if tok.encode("\n"):
-            return "\n"
-    except ValueError:
-        pass
-    return tok.decode([0])
+    _check_adamw_flags(args)
+    src, out_dir = Path(args.checkpoint), Path(args.out)
+    if out_dir.resolve() == src.resolve():
+        raise ValueError(f"--out: refusing to write the classifier over the input checkpoint {src} (choose "
+                         f"another directory)")
+    kind = read_sidecar(src).get("kind", "gpt")
+    if kind != "gpt":
+        raise ValueError(f"{src}: expected a GPT checkpoint to fine-tune, got a {kind!r} checkpoint")
+    ckpt = load_checkpoint(src, backend=args.backend)
+    if ckpt.tokenizer is None:
+        raise ValueError(f"{src}: the checkpoint has no tokenizer, so it cannot read sentences")
+    gpt = ckpt.model
+    if args.train_blocks is not None and args.train_blocks > gpt.config.n_layer:
+        raise ValueError(f"--train-blocks: expected at most the checkpoint's {gpt.config.n_layer} blocks, "
+                         f"got {args.train_blocks}")
+    meta = {**per_kind.sentiment_meta(args.data, args), "pretrained": str(src.resolve()), "pretrained_step": ckpt.step}
+    run = per_kind.sentiment_run(meta, ckpt.tokenizer, gpt.config.block_size)
+    tcfg = TrainConfig(**{**per_kind.TRAIN_DEFAULTS["classifier"], **_train_overrides(args)})
+    clf = GPTClassifier(gpt, n_classes=2, pool=args.pool, train_blocks=args.train_blocks, seed=tcfg.seed)
+    if has_checkpoint(out_dir):
+        out(f"note: {out_dir} already holds a checkpoint; this run replaces it at its first evaluation")
+    trainer = Trainer(clf, run.task, tcfg, tokenizer=ckpt.tokenizer, out_dir=out_dir, progress=not args.no_progress,
+                      data_meta=meta)
+    out(f"data: {run.name}, {len(run.labels):,} sentences ({np.mean(run.labels):.0%} positive), {len(run.train):,} "
+        f"train / {len(run.val):,} val / {len(run.test):,} test, cut to {gpt.config.block_size} tokens")
+    out(f"model: GPT of {src} (step {ckpt.step}) + a classification head ({args.pool}-token pooling), "
+        f"{clf.num_params():,} parameters, {clf.num_params() - clf.frozen:,} trained; {tcfg.max_steps} steps of {tcfg.batch_size} sentences")
+    _fit_and_report(trainer, run, args, out_dir, out, 0)
 
 
 # ----------------------------------------------------------------------------- generate, eval
 
+GENERATE_FLAGS = {  # the generate flags each kind uses (besides --checkpoint, --backend)
+    "gpt": ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "num_samples", "num_beams",
+            "length_penalty", "stop", "seed"),
+    "seq2seq": ("prompt", "max_new_tokens", "num_beams", "length_penalty"),
+    "bert": ("prompt", "top_k"),
+    "classifier": ("prompt",),
+}
+
 
 def cmd_generate(args, out=print):
     from .checkpoint import load_checkpoint
-    from .generate import generate
 
     ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
+    kind = ckpt.model.kind
+    per_kind.reject_flags(args, [d for d in GENERATE_FLAGS["gpt"] if d not in GENERATE_FLAGS[kind]], f"a {kind} checkpoint")
     if ckpt.tokenizer is None:
         raise ValueError(f"{args.checkpoint}: the checkpoint has no tokenizer, so it cannot turn text into ids")
-    prompt = args.prompt.replace("\\n", "\n")  # let `--prompt 'ROMEO:\n'` mean a newline
+    if args.prompt is None and kind != "gpt":
+        raise ValueError(f"--prompt: expected the text to {_PROMPT_USE[kind]} (a {kind} checkpoint)")
+    prompt = ("\n" if args.prompt is None else args.prompt).replace("\\n", "\n")  # `--prompt 'ROMEO:\n'`
+    {"gpt": _generate_gpt, "seq2seq": _translate, "bert": _fill, "classifier": _classify}[kind](ckpt, args, prompt, out)
+
+
+_PROMPT_USE = {"seq2seq": "translate", "bert": "fill in (with a _ per hidden character)", "classifier": "classify"}
+
+
+def _generate_gpt(ckpt, args, prompt, out):
+    from .generation import generate
+
     try:
         prompt_ids = ckpt.tokenizer.encode(prompt)
     except ValueError as e:
         raise ValueError(f"--prompt: cannot be encoded with the checkpoint's tokenizer ({e})") from None
     if not prompt_ids:
         raise ValueError("--prompt: expected at least one token, got an empty prompt")
-    texts = generate(ckpt.model, ckpt.tokenizer, prompt, args.max_new_tokens, temperature=args.temperature,
-                     top_k=args.top_k, top_p=args.top_p, num_return_sequences=args.num_samples, seed=args.seed,
-                     stop=args.stop, num_beams=args.num_beams, length_penalty=args.length_penalty)
+    texts = generate(ckpt.model, ckpt.tokenizer, prompt, 300 if args.max_new_tokens is None else args.max_new_tokens,
+                     temperature=0.8 if args.temperature is None else args.temperature, top_k=args.top_k,
+                     top_p=args.top_p, num_return_sequences=args.num_samples or 1, seed=args.seed, stop=args.stop,
+                     num_beams=args.num_beams or 1,
+                     length_penalty=1.0 if args.length_penalty is None else args.length_penalty)
     for i, t in enumerate(texts):
         if i:
             out("-" * 40)
         out(prompt + t)
 
 
+def _translate(ckpt, args, prompt, out):
+    model, vocab = ckpt.model, ckpt.tokenizer
+    tokens = [c for c in prompt.strip() if c != " " or " " in vocab.stoi]  # numbers: "4 021" is 4021
+    try:
+        ids = vocab.encode(tokens)
+    except ValueError as e:
+        raise ValueError(f"--prompt: cannot be encoded with the checkpoint's vocabulary ({e})") from None
+    if not ids or len(ids) > model.config.max_len:
+        raise ValueError(f"--prompt: expected 1 to max_len={model.config.max_len} source tokens, got {len(ids)}")
+    src = np.array([ids], dtype=np.int64)
+    if (args.num_beams or 1) > 1:
+        alpha = 0.6 if args.length_penalty is None else args.length_penalty
+        ys = model.beam_search(src, args.num_beams, args.max_new_tokens, alpha=alpha)
+    else:
+        ys = model.greedy_decode(src, args.max_new_tokens)
+    out(per_kind.join(vocab.decode(ys[0])))
+
+
+def _fill(ckpt, args, prompt, out):
+    from .bert import fill_mask
+
+    if "_" not in prompt:
+        raise ValueError("--prompt: expected at least one _ to fill in, got none")
+    T = ckpt.model.config.block_size
+    if len(prompt) > T - 1:  # [CLS] takes the first position
+        raise ValueError(f"--prompt: expected at most {T - 1} characters (the model's block size {T}, less one "
+                         f"for [CLS]), got {len(prompt)}")
+    try:
+        res = fill_mask(ckpt.model, ckpt.tokenizer, prompt, top_k=args.top_k or 3)
+    except ValueError as e:
+        raise ValueError(f"--prompt: {e}") from None
+    filled = list(prompt)
+    for pos, cands in res:
+        filled[pos] = cands[0][0]
+    out("".join(filled))
+    for pos, cands in res:
+        out(f"  _ at {pos}: " + ", ".join(f"{c!r} {p:.3f}" for c, p in cands))
+
+
+def _classify(ckpt, args, prompt, out):
+    from .tasks import encode_sentences
+
+    model = ckpt.model
+    sentence = per_kind.known_characters(ckpt.tokenizer, [prompt.strip()], "--prompt")[0]
+    if not sentence:
+        raise ValueError("--prompt: expected a sentence, got no text the checkpoint's tokenizer can encode")
+    ids, lengths = encode_sentences(ckpt.tokenizer, [sentence], model.config.block_size)
+    p = model.predict_proba(ids, lengths)[0]
+    sentiment = (ckpt.meta.get("data") or {}).get("kind") == "sentiment" and len(p) == 2
+    names = ("negative", "positive") if sentiment else tuple(f"class {k}" for k in range(len(p)))
+    k = int(p.argmax())
+    out(f"{names[k]} (class {k}): " + ", ".join(f"p({n}) = {q:.3f}" for n, q in zip(names, p)))
+
+
 def cmd_eval(args, out=print):
     from .checkpoint import load_checkpoint
-    from .data import load_text
-    from .train import eval_loss
 
-    ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
-    if ckpt.tokenizer is None:
-        raise ValueError(f"{args.checkpoint}: the checkpoint has no tokenizer, so it cannot read text")
-    text, name = load_text(args.file)
-    ids = _encode(ckpt.tokenizer, text, name)
-    if len(ids) < 2:
-        raise ValueError(f"{name}: expected at least 2 tokens to measure a loss, got {len(ids)}")
-    loss, n = eval_loss(ckpt.model, ids, batch_size=args.batch_size)
-    out(f"{name}: {n:,} tokens predicted, loss {loss:.4f} nats/token, perplexity {math.exp(loss):.2f} "
-        f"(checkpoint {args.checkpoint}, step {ckpt.step})")
+    per_kind.evaluate(load_checkpoint(args.checkpoint, backend=args.backend), args, out)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -331,7 +485,7 @@ def main(argv=None):
         return 2
     from .train import TrainingDiverged
 
-    cmd = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval}[args.command]
+    cmd = {"train": cmd_train, "finetune": cmd_finetune, "generate": cmd_generate, "eval": cmd_eval}[args.command]
     old = warnings.showwarning
     warnings.showwarning = _show_warning
     try:

@@ -138,3 +138,15 @@ def test_env_var_reaches_the_model(monkeypatch):
 def test_backend_module_has_one_choice_point():
     """The NumPy namespace exists without importing Numba (it is imported on first use)."""
     assert backend._NUMPY.name == "numpy"
+
+
+def test_keep_freed_memory(monkeypatch):
+    """glibc keeps freed activations (no trim-and-refault each step); the switch turns it off."""
+    import sys
+
+    monkeypatch.setitem(backend._MEMORY, "kept", None)
+    monkeypatch.setenv("NANOTRANSFORMER_KEEP_MEMORY", "0")
+    assert backend.keep_freed_memory() is False
+    monkeypatch.setitem(backend._MEMORY, "kept", None)
+    monkeypatch.delenv("NANOTRANSFORMER_KEEP_MEMORY")
+    assert backend.keep_freed_memory() is sys.platform.startswith("linux")

@@ -75,44 +75,27 @@ AUTO = {
     "adamw_update": "numba",
 }
 
-_NUMPY = SimpleNamespace(
-    name="numpy",
-    choices={pair: "numpy" for pair in OP_PAIRS},
-    linear_forward=layers.linear_forward,
-    linear_backward=layers.linear_backward,
-    attention_forward=attention.attention_forward,
-    attention_backward=attention.attention_backward,
-    layernorm_forward=layers.layernorm_forward,
-    layernorm_backward=layers.layernorm_backward,
-    gelu_forward=layers.gelu_forward,
-    gelu_backward=layers.gelu_backward,
-    cross_entropy_forward=layers.cross_entropy_forward,
-    cross_entropy_backward=layers.cross_entropy_backward,
-    adamw_update=optim.adamw_update,
-)
+# Where each op's NumPy reference lives; its Numba kernel has the same name in `kernels`.
+REFERENCE_MODULES = {
+    **{op: layers for op in OP_NAMES},
+    "attention_forward": attention, "attention_backward": attention, "adamw_update": optim,
+}  # fmt: skip
 
-_BUILT = {"numpy": _NUMPY}
+
+def _namespace(name, module_of):
+    """The ops namespace of backend `name`: every op in OP_NAMES, taken from module_of(op)."""
+    ops = {op: getattr(module_of(op), op) for op in OP_NAMES}
+    return SimpleNamespace(name=name, choices={pair: name for pair in OP_PAIRS}, **ops)
+
+
+_BUILT = {"numpy": _namespace("numpy", REFERENCE_MODULES.get)}
 
 
 def _numba_ops():
-    """The Numba namespace, imported on first use (so NumPy-only users never load Numba)."""
+    """The Numba namespace, imported on first use."""
     from . import kernels
 
-    return SimpleNamespace(
-        name="numba",
-        choices={pair: "numba" for pair in OP_PAIRS},
-        linear_forward=kernels.linear_forward,
-        linear_backward=kernels.linear_backward,
-        attention_forward=kernels.attention_forward,
-        attention_backward=kernels.attention_backward,
-        layernorm_forward=kernels.layernorm_forward,
-        layernorm_backward=kernels.layernorm_backward,
-        gelu_forward=kernels.gelu_forward,
-        gelu_backward=kernels.gelu_backward,
-        cross_entropy_forward=kernels.cross_entropy_forward,
-        cross_entropy_backward=kernels.cross_entropy_backward,
-        adamw_update=kernels.adamw_update,
-    )
+    return _namespace("numba", lambda op: kernels)
 
 
 def _auto_ops():

@@ -137,7 +137,7 @@ def test_env_var_reaches_the_model(monkeypatch):
 
 def test_backend_module_has_one_choice_point():
     """The NumPy namespace exists without importing Numba (it is imported on first use)."""
-    assert backend._NUMPY.name == "numpy"
+    assert backend._BUILT["numpy"].name == "numpy"
 
 
 def test_keep_freed_memory(monkeypatch):

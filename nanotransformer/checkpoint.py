@@ -245,6 +245,8 @@ def read_sidecar(path):
     for key in ("weights", "tag", "step", "dtype", "config"):
         if key not in obj:
             raise ValueError(f"{sc}: missing the {key!r} entry")
+    if not isinstance(obj["config"], dict):
+        raise ValueError(f"{sc}: the 'config' entry: expected a JSON object, got {type(obj['config']).__name__}")
     obj["_dir"] = str(path)
     return obj
 
@@ -258,8 +260,6 @@ def load_checkpoint(path, *, dtype=None, backend=None):
     kind = sc.get("kind", "gpt")  # checkpoints from before other kinds existed are GPTs
     try:
         cls = model_class(kind)
-        if not isinstance(sc["config"], dict):
-            raise ValueError(f"expected a JSON object, got {type(sc['config']).__name__}")
         model = cls.from_config(sc["config"], dtype=dtype or sc["dtype"], backend=backend)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: invalid config ({e}) for a {kind!r} model") from None

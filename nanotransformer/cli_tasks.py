@@ -133,6 +133,8 @@ def pairs_run(meta, vocab=None):
     pairs (numbers_vocab, or the TSV's characters); else every token must be in it."""
     from .tasks import TranslationTask, Vocab, numbers_dataset, numbers_vocab, read_pairs_tsv, split_indices
 
+    if meta.get("kind") not in ("numbers", "tsv"):
+        raise ValueError(f"data: expected the pairs' kind 'numbers' or 'tsv' in the checkpoint's meta, got {meta.get('kind')!r}")
     if meta["kind"] == "numbers":
         train, nums = numbers_dataset(meta["n_train"], meta["max_number"], meta["seed"])
         val, _ = numbers_dataset(meta["n_val"], meta["max_number"], meta["val_seed"], exclude=nums)
@@ -241,6 +243,8 @@ def load_run(kind, meta, tokenizer=None, config=None):
 def resume_run(ckpt, data=None):
     """The run a checkpoint was trained on; `data` (DATA given with --resume) replaces its source."""
     kind = ckpt.model.kind
+    if ckpt.tokenizer is None:
+        raise ValueError(f"{ckpt.path}: the checkpoint has no tokenizer, so its data cannot be encoded to resume it")
     meta = dict(ckpt.meta.get("data") or {})
     if data is not None:
         if kind == "seq2seq" and (meta.get("kind") == "numbers") != (pairs_meta(data, None)["kind"] == "numbers"):

@@ -39,8 +39,8 @@ back the model's own outputs one token at a time (`decode` takes a `model.KVCach
 Dimension legend: B batch, S source length, T target length, C channels (d_model), NH heads,
 V vocab, K beam size.
 
-Does not: use the KV cache in `greedy_decode`/`beam_search` (each step re-runs the decoder on
-the whole prefix: fine for sequences of a dozen tokens), use ReLU in the feed-forward layer
+Does not: cache the cross-attention's keys and values of the memory while decoding (the
+self-attention's are cached; the memory's are recomputed each step), use ReLU in the feed-forward layer
 (GELU, as the rest of the book), or share anything but the embedding between encoder and decoder.
 """
 import math
@@ -343,12 +343,13 @@ def _strip(row, eos_id, pad_id):
 # ----------------------------------------------------------------------------- training, evaluation
 
 
-def train_seq2seq(model, pairs, vocab, steps=1000, batch_size=64, lr=3e-3, warmup=100, label_smoothing=0.1,
+def train_seq2seq(model, pairs, vocab, steps=1000, batch_size=64, lr=3e-3, warmup=100, label_smoothing=None,
                   weight_decay=0.01, grad_clip=1.0, seed=0, log_every=0):  # fmt: skip
     """Train on random mini-batches of `pairs` with the one `train.Trainer` (AdamW, warm-up +
     cosine learning rate, teacher forcing). Returns the list of training losses (one per step).
 
-    log_every > 0 evaluates and prints the loss every that many steps.
+    label_smoothing: the training loss's (None: `config.label_smoothing`). log_every > 0
+    evaluates and prints the loss every that many steps.
     """
     task = TranslationTask(vocab, pairs, label_smoothing=label_smoothing)
     return fit_task(model, task, steps, batch_size, lr, warmup, weight_decay, grad_clip, seed, log_every)

@@ -104,7 +104,8 @@ class ParamStore:
 
     def load_state_dict(self, tensors, source="tensors"):
         """Copy {name: array} into the buffer; every name must be present with the right shape
-        and finite values. `source` names where the tensors came from, for the error message."""
+        (checkpoint.py also rejects non-finite values). `source` names where the tensors came
+        from, for the error message."""
         for name, shape in self.specs:
             if name not in tensors:
                 raise ValueError(f"{source}: missing tensor {name!r} (shape {shape})")

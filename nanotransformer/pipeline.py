@@ -18,7 +18,7 @@ Unset arguments come from the checkpoint's generation_config.json, else from tra
 text-generation defaults (`DEFAULTS`). Generation stops at the end-of-text token
 (eos_token_id from the checkpoint), which is not part of the returned text.
 
-The decoding itself is `generate.generate_ids` / `generate.beam_search_ids` (KV cache, sliding
+The decoding itself is `generation.generate_ids` / `generation.beam_search_ids` (KV cache, sliding
 window past the block size); this module only translates the arguments and the output.
 
 Does not: pad and batch several prompts into one forward pass (a list of prompts runs one by

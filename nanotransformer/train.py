@@ -52,7 +52,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of training (the network's are in `model.GPTConfig`)."""
+    """Hyper-parameters of training (the network's are in the model's config, e.g. `model.GPTConfig`)."""
 
     batch_size: int = 16
     max_steps: int = 500
@@ -95,7 +95,13 @@ class Trainer:
     def __init__(self, model, data, config=None, *, tokenizer=None, out_dir=None, progress=True, data_meta=None):
         self.model, self.data = model, data
         # the batches of one objective; a token stream means language modelling (GPT)
-        self.task = LanguageModelTask(data, model.config.block_size) if isinstance(data, TokenData) else data
+        self.task = data
+        if isinstance(data, TokenData):
+            if getattr(model, "kind", None) != "gpt":
+                raise ValueError(f"data: a TokenData stream is next-token data for a GPT; a {type(model).__name__} "
+                                 "needs its task from tasks.py (e.g. MaskedLMTask for BERT, TranslationTask, "
+                                 "ClassificationTask)")
+            self.task = LanguageModelTask(data, model.config.block_size)
         self.config = config or TrainConfig()
         self.tokenizer = tokenizer
         self.out_dir = None if out_dir is None else Path(out_dir)

@@ -426,3 +426,20 @@ def test_numba_and_numpy_backends_train_alike(kind, corpus, pairs_tsv, tmp_path,
         losses[backend] = (np.array(_losses(out)), np.array(evals))
     for a, b in zip(losses["numpy"], losses["numba"]):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_of_a_checkpoint_without_tokenizer_or_with_a_bad_config(tmp_path, capsys):
+    """Checkpoints written by the library (no tokenizer) or damaged by hand: one error line."""
+    from nanotransformer.checkpoint import save_checkpoint
+    from nanotransformer.model import GPT, GPTConfig
+
+    save_checkpoint(tmp_path / "ck", GPT(GPTConfig(vocab_size=12, block_size=8, n_layer=1, n_head=2, d_model=8)))
+    assert main(["train", "--resume", "--out", str(tmp_path / "ck"), "--no-progress"]) == 1
+    assert "has no tokenizer" in capsys.readouterr().err
+    sidecar = tmp_path / "ck" / "checkpoint.json"
+    obj = json.loads(sidecar.read_text())
+    obj["config"] = [1]
+    sidecar.write_text(json.dumps(obj))
+    assert main(["train", "--resume", "--out", str(tmp_path / "ck"), "--n-layer", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "'config' entry: expected a JSON object" in err and "Traceback" not in err

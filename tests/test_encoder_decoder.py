@@ -91,7 +91,8 @@ def test_label_smoothing_bad_input(rng):
 # ----------------------------------------------------------------------------- whole model
 
 
-@pytest.mark.parametrize("norm, dropout", [("pre", 0.0), ("post", 0.0), ("pre", 0.1)], ids=["pre", "post", "pre-dropout"])
+@pytest.mark.parametrize("norm, dropout", [("pre", 0.0), ("post", 0.0), ("pre", 0.1), ("post", 0.1)],
+                         ids=["pre", "post", "pre-dropout", "post-dropout"])
 def test_whole_model_gradcheck(norm, dropout):
     """Sampled coordinates of every parameter tensor, float64, with source and target padding,
     label smoothing 0.1, weights off the init, and dropout (re-seeded for every evaluation so

@@ -29,10 +29,10 @@ from nanotransformer import optim as O
 from nanotransformer.kernels import attention as KA
 from nanotransformer.kernels import jit as KJ
 
-# the modules of the float kernels (by import_module: the package's `matmul` is the function)
+# the modules of the float kernels
 FLOAT_MODULES = [
     importlib.import_module(f"nanotransformer.kernels.{m}")
-    for m in ("jit", "matmul", "attention", "layernorm", "gelu", "cross_entropy", "adamw")
+    for m in ("jit", "linear", "attention", "layernorm", "gelu", "cross_entropy", "adamw")
 ]
 
 JIT_OFF = bool(numba.config.DISABLE_JIT)

@@ -102,6 +102,7 @@ def _cases():
         "embedding": (L.embedding_forward, L.embedding_backward, embedding),
         "positional_learned": (L.positional_forward, L.positional_backward, positional_learned),
         "softmax": (L.softmax_forward, L.softmax_backward, softmax),
+        "log_softmax": (L.log_softmax_forward, L.log_softmax_backward, softmax),
         "layernorm": (L.layernorm_forward, L.layernorm_backward, layernorm),
         "gelu": (L.gelu_forward, L.gelu_backward, gelu),
         "mlp": (L.mlp_forward, L.mlp_backward, mlp),

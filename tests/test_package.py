@@ -17,15 +17,18 @@ def test_no_module_over_600_lines(path):
     assert n <= 600, f"{path.relative_to(PACKAGE)} has {n} lines; split it along a seam a reader would name"
 
 
-def test_public_names_do_not_shadow_submodules():
-    """`import nanotransformer.generation as g` must give the module, never a re-exported function."""
-    submodules = {m.name for m in pkgutil.iter_modules(nanotransformer.__path__)}
-    assert not submodules & set(nanotransformer.__all__)
+@pytest.mark.parametrize("package", ["nanotransformer", "nanotransformer.kernels", "nanotransformer.exercises"])
+def test_public_names_do_not_shadow_submodules(package):
+    """`import nanotransformer.generation as g` (or `...kernels.linear`) must give the module, never
+    a re-exported function of the same name."""
+    pkg = importlib.import_module(package)
+    submodules = {m.name for m in pkgutil.iter_modules(pkg.__path__)}
+    assert not submodules & set(getattr(pkg, "__all__", ()))
     for name in submodules:
-        mod = importlib.import_module(f"nanotransformer.{name}")
-        assert getattr(nanotransformer, name) is mod, name
-    for name in nanotransformer.__all__:
-        assert hasattr(nanotransformer, name), name
+        mod = importlib.import_module(f"{package}.{name}")
+        assert getattr(pkg, name) is mod, f"{package}.{name}"
+    for name in getattr(pkg, "__all__", ()):
+        assert hasattr(pkg, name), name
 
 
 def test_every_model_is_one_param_store_on_the_one_block():

@@ -298,3 +298,13 @@ def test_train_config_validation():
         TrainConfig(lr=-1.0)
     assert TrainConfig(lr=1e-3).min_lr == pytest.approx(1e-4)
     assert json.dumps(TrainConfig().to_dict())
+
+
+def test_token_stream_is_only_for_a_gpt():
+    """A TokenData stream means next-token prediction: a BERT given one must get its MaskedLMTask
+    instead of silently learning the wrong objective."""
+    from nanotransformer.bert import BERT, BERTConfig
+
+    bert = BERT(BERTConfig(vocab_size=12, block_size=8, n_layer=1, n_head=2, d_model=8))
+    with pytest.raises(ValueError, match="MaskedLMTask"):
+        Trainer(bert, TokenData(np.arange(100) % 12), TrainConfig(max_steps=1))

@@ -1,7 +1,7 @@
 """Numba kernels for the hot loop, one module per op, each the fast twin of one NumPy reference:
 
     module            kernels                                NumPy twin
-    matmul.py         _matmul_nb, _transpose_nb              layers.linear_{forward,backward}
+    linear.py         _matmul_nb, _transpose_nb              layers.linear_{forward,backward}
     attention.py      _attention_{forward,backward}_nb       attention.attention_{forward,backward}
     layernorm.py      _layernorm_{forward,backward}_nb       layers.layernorm_{forward,backward}
     gelu.py           _gelu_{forward,backward}_nb            layers.gelu_{forward,backward}
@@ -22,7 +22,7 @@ compiled with `cache=True` so a second process loads machine code from disk inst
 recompiling. A cache is only ever handed back to the backward of the same backend, so ours may
 hold different things from the NumPy one (the layer-norm cache keeps x, mean and rstd rather than
 xhat). This namespace re-exports the wrappers: `kernels.attention_forward`, `kernels.matmul(a, b)`
-(here `matmul` is the function; for the module, `from nanotransformer.kernels.matmul import ...`).
+(the matmul lives in `linear.py`, so no name here is both a function and a submodule).
 
 Dimension legend (each module repeats its own): N rows (B * T flattened), C channels, C_in/C_out
 linear sizes, V vocab, M x K @ K x N for a bare matmul, BH = B * NH (batch, heads), Tq/Tk queries
@@ -52,11 +52,10 @@ Does not: run fast under NUMBA_DISABLE_JIT=1 (the same code then runs as plain P
 CI uses for coverage), or use BLAS (that is the "numpy" backend: backend.AUTO records which one
 the default picks per op, and why).
 """
-from . import adamw, attention, bpe, cross_entropy, gelu, jit, layernorm, matmul  # noqa: F401 (bpe: the BPE kernels)
+from . import adamw, attention, bpe, cross_entropy, gelu, jit, layernorm, linear  # noqa: F401 (bpe: the BPE kernels)
 
 # The float kernels inline jit.py's helpers: key their on-disk cache on jit.py too (see above).
-# Done before the re-exports, after which `matmul` here names the function, not the module.
-jit.cache_depends_on_this_file(jit, matmul, attention, layernorm, gelu, cross_entropy, adamw)
+jit.cache_depends_on_this_file(jit, linear, attention, layernorm, gelu, cross_entropy, adamw)
 
 from .adamw import adamw_update  # noqa: E402
 from .attention import attention_backward, attention_forward  # noqa: E402
@@ -65,7 +64,7 @@ from .cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa
 from .gelu import gelu_backward, gelu_forward  # noqa: E402
 from .jit import FASTMATH, num_threads  # noqa: E402
 from .layernorm import layernorm_backward, layernorm_forward  # noqa: E402
-from .matmul import linear_backward, linear_forward, matmul, transpose  # noqa: E402
+from .linear import linear_backward, linear_forward, matmul, transpose  # noqa: E402
 
 __all__ = [
     "FASTMATH", "PairTable", "adamw_update", "attention_backward", "attention_forward", "cross_entropy_backward",

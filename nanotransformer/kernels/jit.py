@@ -7,7 +7,7 @@
   vectorisable polynomial versions in float32 (libm's are scalar calls that block SIMD; this
   Numba has no SVML). `row_max`: the max of a row, four comparisons in flight.
 - `gemm_nb`: the blocked matrix product on a 4 x 32 register tile (`MR` x `NR`), which
-  `matmul.py` threads over blocks of the output and `attention.py` runs per (batch, head);
+  `linear.py` threads over blocks of the output and `attention.py` runs per (batch, head);
   `transpose_block`: a small tiled transpose inside a kernel (`TB`).
 - Thread pool setup (`OMP_WAIT_POLICY`) and `num_threads`.
 - `cache_depends_on_this_file`: ties the on-disk cache of every kernel to this file's contents
@@ -339,7 +339,7 @@ def num_threads():
 # a stamp of the file it is defined in (numba 0.68: a hash of that file's contents), and on
 # nothing it calls. Yet a kernel's machine code contains the helpers above: LLVM inlines
 # gemm_nb, exp, row_max, ... into it, and globals such as MR are frozen in as constants. So after
-# an edit of this file alone, the kernels of matmul.py, attention.py, ... would go on loading
+# an edit of this file alone, the kernels of linear.py, attention.py, ... would go on loading
 # machine code built from the old helpers (tested: see benchmarks/README.md, "JIT compile
 # time"; Numba's docs list it among the caching limitations, numba issue #1833). The fix below
 # swaps each function's stamp for (its file's stamp, this file's hash): an edit here recompiles

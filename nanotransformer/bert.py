@@ -136,9 +136,7 @@ class BERT(ParamStore):
         T = ids.shape[1]
         if not 1 <= T <= cfg.block_size:
             raise ValueError(f"ids: expected 1 to block_size={cfg.block_size} positions, got {T}")
-        pad = ids == cfg.pad_id  # (B, T): True where the key is padding
-        # no padding at all: no mask, so the fused attention kernel runs (it takes no padding mask)
-        pad = pad if pad.any() else None
+        pad = ids == cfg.pad_id  # (B, T): True where the key is padding (stack_forward drops an empty mask)
         p_drop = cfg.dropout if train else 0.0
         x, emb_c = embed_forward(ids, self.p["wte"], self.p["wpe"], p_drop=p_drop, rng=rng, train=train)
         h, stack_c = stack_forward(x, self.p, self.prefixes, self.block, self.ops, "ln_f", key_padding_mask=pad,

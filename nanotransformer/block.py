@@ -109,6 +109,18 @@ def _weights(p, prefix, kind):
     return out
 
 
+def _norm(p, name, x):
+    """(gain, bias) of layer norm `name`; zeros for the bias of a model without biases."""
+    b = p.get(name + ".b")
+    return p[name + ".w"], np.zeros(x.shape[-1], dtype=x.dtype) if b is None else b
+
+
+def padding_or_none(mask):
+    """A key-padding mask as attention should get it: None when nothing is padding, so the fused
+    Numba attention kernel (which takes no mask) runs."""
+    return mask if mask is not None and mask.any() else None
+
+
 def _put(g, name, grad):
     if grad is not None and name in g:  # a bias the model does not have gets no gradient
         g[name][...] = grad
@@ -125,7 +137,6 @@ def block_forward(x, p, prefix, bc, ops, *, key_padding_mask=None, mem=None, mem
     mem_padding_mask: (B, S) for cross-attention; kv_cache + layer: decode incrementally
     (`model.KVCache`, inference only); p_drop, rng, train: dropout on each branch's output.
     """
-    C = x.shape[-1]
     caches = []
     for ln, kind in bc.sublayers():
         w = _weights(p, prefix, kind)
@@ -138,9 +149,7 @@ def block_forward(x, p, prefix, bc, ops, *, key_padding_mask=None, mem=None, mem
         else:
             def f(h, w=w):
                 return mlp_forward(h, *w, ops=ops)
-        ln_w, ln_b = p[prefix + ln + ".w"], p.get(prefix + ln + ".b")
-        if ln_b is None:
-            ln_b = np.zeros(C, dtype=x.dtype)
+        ln_w, ln_b = _norm(p, prefix + ln, x)
         if bc.norm == "pre":
             h, ln_c = ops.layernorm_forward(x, ln_w, ln_b)
             o, f_c = f(h)
@@ -188,16 +197,19 @@ def block_backward(dout, cache, g, prefix):
 
 def stack_forward(x, p, prefixes, bc, ops, final_norm=None, **kw):
     """Blocks `prefixes` (e.g. ["h.0.", "h.1."]) in order, then the layer norm `final_norm`
-    (e.g. "ln_f") if given. kw: block_forward's keywords; a kv_cache's layer is the block's index.
+    (e.g. "ln_f") if given. kw: block_forward's keywords; a kv_cache's layer is the block's index,
+    and a padding mask with no padding in it is dropped (`padding_or_none`).
     -> out: (B, T, C), cache"""
+    for name in ("key_padding_mask", "mem_padding_mask"):
+        if name in kw:
+            kw[name] = padding_or_none(kw[name])
     caches = []
     for i, prefix in enumerate(prefixes):
         x, c = block_forward(x, p, prefix, bc, ops, layer=i, **kw)
         caches.append(c)
     norm_c = None
     if final_norm is not None:
-        b = p.get(final_norm + ".b")
-        x, norm_c = ops.layernorm_forward(x, p[final_norm + ".w"], np.zeros(x.shape[-1], x.dtype) if b is None else b)
+        x, norm_c = ops.layernorm_forward(x, *_norm(p, final_norm, x))
     return x, (prefixes, final_norm, caches, norm_c, ops)
 
 

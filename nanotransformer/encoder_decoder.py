@@ -111,11 +111,6 @@ class Seq2SeqConfig(ConfigDict):
 
 
 
-def _padding(src_pad):
-    """The key-padding mask to pass to attention: None when no row has padding (then the fused
-    Numba attention kernel runs; it takes no mask)."""
-    return src_pad if src_pad is not None and src_pad.any() else None
-
 
 class Seq2Seq(ParamStore):
     """The encoder-decoder: parameters in one `ParamStore`, forward (teacher forcing) / backward,
@@ -200,7 +195,7 @@ class Seq2Seq(ParamStore):
         src_pad = src == self.config.pad_id  # (B, S): True where the key is padding
         p_drop = self.config.dropout if train else 0.0
         mem, stack_c = stack_forward(x, self.p, self.enc_prefixes, self.enc_block, self.ops, self.enc_norm,
-                                     key_padding_mask=_padding(src_pad), p_drop=p_drop, rng=rng, train=train)
+                                     key_padding_mask=src_pad, p_drop=p_drop, rng=rng, train=train)
         return mem, src_pad, (emb_c, stack_c)
 
     def decode(self, tgt_in, mem, src_pad, train=False, rng=None, kv_cache=None):
@@ -216,7 +211,7 @@ class Seq2Seq(ParamStore):
         x, emb_c = self._embed("tgt_in", tgt_in, offset, train, rng)
         p_drop = self.config.dropout if train else 0.0
         h, stack_c = stack_forward(x, self.p, self.dec_prefixes, self.dec_block, self.ops, self.dec_norm, mem=mem,
-                                   mem_padding_mask=_padding(src_pad), kv_cache=kv_cache, p_drop=p_drop, rng=rng,
+                                   mem_padding_mask=src_pad, kv_cache=kv_cache, p_drop=p_drop, rng=rng,
                                    train=train)  # fmt: skip
         logits, head_c = tied_head_forward(h, self.p["emb"], None, self.ops)  # (B, T, V)
         return logits, (emb_c, stack_c, head_c)

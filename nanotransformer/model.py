@@ -128,17 +128,22 @@ class GPT(ParamStore):
             raise ValueError(f"config: expected a GPTConfig, got {type(config).__name__}")
         self.config = config
         self.ops = get_ops(config.backend)
-        self.block = BlockConfig(n_head=config.n_head, d_ff=4 * config.d_model, causal=True, bias=config.bias)
+        self.block = self.block_config(config)
         self.prefixes = [f"h.{i}." for i in range(config.n_layer)]
         self._pe = sinusoidal_table(config.block_size, config.d_model, np.dtype(dtype)) if config.pos == "sinusoidal" else None
         self._cache = None
         self.build(self.param_specs(config), dtype, seed)
 
     @staticmethod
+    def block_config(config):
+        """GPT's block: causal, pre-LN, MLP width 4C."""
+        return BlockConfig(n_head=config.n_head, d_ff=4 * config.d_model, causal=True, bias=config.bias)
+
+    @staticmethod
     def param_specs(config):
         """[(name, shape)] of every parameter, in buffer order (GPT-2 names)."""
         V, T, C = config.vocab_size, config.block_size, config.d_model
-        bc = BlockConfig(n_head=config.n_head, d_ff=4 * C, bias=config.bias)
+        bc = GPT.block_config(config)
         specs = [("wte", (V, C))] + ([("wpe", (T, C))] if config.pos == "learned" else [])
         for i in range(config.n_layer):
             specs += block_specs(f"h.{i}.", C, bc)

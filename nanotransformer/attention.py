@@ -6,9 +6,12 @@
   attention, merge heads, output projection), as in GPT-2.
 - `cross_attention_forward/backward`: queries from one sequence, keys and values from another
   (the encoder-decoder's second attention sub-layer).
+- `rope_forward/backward`: rotary position embedding on q and k (Llama's positions), and
+  `repeat_kv_forward/backward`: the key/value sharing of grouped-query attention; both are
+  switches of `mha_forward`, as is QK-norm.
 
-Dimension legend: B batch, T time (Tq queries, Tk keys), C channels, NH heads, hs head size
-(C = NH * hs).
+Dimension legend: B batch, T time (Tq queries, Tk keys), C channels, NH heads, NKV key/value
+heads (grouped-query attention), hs head size (C = NH * hs).
 
 Masks: `causal=True` lets query i see keys j <= i + (Tk - Tq) — with Tq = Tk that is the usual
 lower triangle; with Tq < Tk the queries are the *last* Tq positions (decoding with a KV
@@ -104,6 +107,78 @@ def attention_backward(dout, cache):
     return dq, dk, dv
 
 
+# ----------------------------------------------------------------------------- RoPE and GQA
+
+
+def rope_angles(T, hs, theta=10000.0, offset=0, dtype=np.float64):
+    """(cos, sin), each (T, hs): the rotation angles of positions offset .. offset+T-1.
+
+    Channel pair (i, i + hs/2) of position m turns by m * theta^(-2i/hs), i < hs/2: fast for the
+    first channels, slow for the last. Half-split layout (Hugging Face's `rotate_half`): the
+    pairs are (0, hs/2), (1, hs/2 + 1), ..., so each angle appears twice along the last axis.
+    Computed in float64, then cast.
+    """
+    if hs % 2:
+        raise ValueError(f"hs: expected an even head size for RoPE, got {hs}")
+    if not isinstance(theta, (int, float, np.floating)) or not np.isfinite(theta) or theta <= 1:
+        raise ValueError(f"theta: expected a finite number > 1, got {theta!r}")
+    if not isinstance(offset, (int, np.integer)) or offset < 0:
+        raise ValueError(f"offset: expected an integer >= 0, got {offset!r}")
+    inv_freq = 1.0 / theta ** (np.arange(0, hs, 2) / hs)  # (hs/2,)
+    ang = np.arange(offset, offset + T)[:, None] * inv_freq[None, :]  # (T, hs/2)
+    ang = np.concatenate([ang, ang], axis=-1)  # (T, hs)
+    return np.cos(ang).astype(dtype), np.sin(ang).astype(dtype)
+
+
+def rotate_half(x):
+    """(..., hs) -> (..., hs): [x1, x2] -> [-x2, x1], i.e. each pair (a, b) -> (-b, a), a quarter turn."""
+    h = x.shape[-1] // 2
+    return np.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+
+
+def rope_forward(x, theta=10000.0, offset=0):
+    """Rotary position embedding (Su et al. 2021) on queries or keys.
+
+    x: (..., T, hs), its position axis second to last -> out: (..., T, hs), cache = (cos, sin)
+    out = x * cos + rotate_half(x) * sin: every channel pair (i, i + hs/2) of position m is
+    rotated by the angle m * theta^(-2i/hs). Then q_m . k_n depends on m - n only, the relative
+    position. offset: the position of x's first row (the number of positions a KV cache holds).
+    """
+    check_array("x", x, min_ndim=2, floating=True)
+    cos, sin = rope_angles(x.shape[-2], x.shape[-1], theta, offset, x.dtype)
+    return x * cos + rotate_half(x) * sin, (cos, sin)
+
+
+def rope_backward(dout, cache):
+    """dout: (..., T, hs) -> dx: (..., T, hs)
+
+    The rotation is orthogonal, so its backward is the inverse rotation (angle -m theta_i).
+    """
+    cos, sin = cache
+    # forward was: out = x * cos + R x * sin, with R = rotate_half a fixed matrix and R^T = -R:
+    #   dx = dout * cos + R^T (dout * sin) = dout * cos - rotate_half(dout * sin)
+    return dout * cos - rotate_half(dout * sin)
+
+
+def repeat_kv_forward(x, n_rep):
+    """Grouped-query attention's sharing: (B, NKV, T, hs) -> (B, NKV * n_rep, T, hs), cache = (n_rep,)
+
+    Key/value head j serves query heads j*n_rep .. (j+1)*n_rep - 1 (Hugging Face's `repeat_kv`).
+    """
+    check_array("x", x, ndim=4)
+    return np.repeat(x, n_rep, axis=1), (n_rep,)
+
+
+def repeat_kv_backward(dout, cache):
+    """dout: (B, NH, T, hs) -> dx: (B, NKV, T, hs)
+
+    A key/value head used by n_rep query heads gets the sum of their gradients.
+    """
+    (n_rep,) = cache
+    B, NH, T, hs = dout.shape
+    return dout.reshape(B, NH // n_rep, n_rep, T, hs).sum(axis=2)
+
+
 def split_heads(x, n_head):
     """(B, T, C) -> (B, NH, T, hs)"""
     B, T, C = x.shape
@@ -128,42 +203,89 @@ def reference_ops():
     return get_ops("numpy")
 
 
-def mha_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head, causal=True, key_padding_mask=None, *, ops=None,
-                kv_cache=None, layer=0):  # fmt: skip
-    """Multi-head self-attention.
+def _qkv_sizes(C, n_head, n_kv_head):
+    """Widths (q, k, v) of the fused projection's output: C, and NKV * hs for each of k and v."""
+    _check_heads(C, n_head)
+    if not isinstance(n_kv_head, (int, np.integer)) or n_kv_head < 1 or n_head % n_kv_head:
+        raise ValueError(f"n_kv_head: expected a positive divisor of n_head={n_head}, got {n_kv_head}")
+    kv = n_kv_head * (C // n_head)
+    return C, kv, kv
 
-    x: (B, T, C), w_qkv: (C, 3C), b_qkv: (3C,) or None, w_proj: (C, C), b_proj: (C,) or None
-    -> out: (B, T, C), cache = (qkv_cache, att_cache, proj_cache, n_head, ops)
+
+def mha_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head, causal=True, key_padding_mask=None, *, ops=None,
+                kv_cache=None, layer=0, n_kv_head=None, rope_theta=None, q_norm=None, k_norm=None,
+                norm_eps=1e-6):  # fmt: skip
+    """Multi-head self-attention, GPT-2's or Llama's.
+
+    x: (B, T, C), w_qkv: (C, C + 2 NKV hs), b_qkv: (C + 2 NKV hs,) or None, w_proj: (C, C),
+    b_proj: (C,) or None -> out: (B, T, C), cache
 
     ops: the hot ops to run on (`backend.get_ops(...)`; default the NumPy reference), so a model
     reaches the Numba kernels through this one function. kv_cache: a `model.KVCache` to decode
     incrementally (inference only): x holds the positions after the cached ones, their keys and
     values are appended to the cache's layer `layer`, and the queries attend to all of them.
+
+    The modern switches (all off by default, which is GPT-2):
+    - n_kv_head: grouped-query attention. NKV key/value heads (a divisor of NH; 1 = multi-query),
+      each shared by NH / NKV query heads. The KV cache holds NKV heads, not NH.
+    - rope_theta: rotate q and k by their positions (`rope_forward`), instead of adding position
+      embeddings to the input.
+    - q_norm, k_norm: (hs,) gains of an RMSNorm on each head's q and k before RoPE (QK-norm, as
+      Qwen3 and OLMo 2), with `norm_eps`.
     """
     ops = ops or reference_ops()
     check_array("x", x, ndim=3)
-    C = x.shape[2]
-    _check_heads(C, n_head)
-    check_array("w_qkv", w_qkv, shape=(C, 3 * C))
+    B, T, C = x.shape
+    n_kv_head = n_head if n_kv_head is None else n_kv_head
+    sizes = _qkv_sizes(C, n_head, n_kv_head)
+    check_array("w_qkv", w_qkv, shape=(C, sum(sizes)))
     check_array("w_proj", w_proj, shape=(C, C))
-    qkv, qkv_cache = ops.linear_forward(x, w_qkv, b_qkv)  # (B, T, 3C)
-    q, k, v = (split_heads(t, n_head) for t in np.split(qkv, 3, axis=-1))  # each (B, NH, T, hs)
+    if (q_norm is None) != (k_norm is None):
+        raise ValueError("q_norm, k_norm: expected both or neither")
+    qkv, qkv_cache = ops.linear_forward(x, w_qkv, b_qkv)  # (B, T, C + 2 NKV hs)
+    q, k, v = np.split(qkv, np.cumsum(sizes)[:2], axis=-1)
+    q, k, v = split_heads(q, n_head), split_heads(k, n_kv_head), split_heads(v, n_kv_head)  # (B, NH|NKV, T, hs)
+    qn_c = kn_c = rq_c = rk_c = None
+    if q_norm is not None:
+        q, qn_c = ops.rmsnorm_forward(q, q_norm, norm_eps)
+        k, kn_c = ops.rmsnorm_forward(k, k_norm, norm_eps)
+    if rope_theta is not None:
+        offset = 0 if kv_cache is None else kv_cache.length(layer)
+        q, rq_c = ops.rope_forward(q, rope_theta, offset)
+        k, rk_c = ops.rope_forward(k, rope_theta, offset)
     if kv_cache is not None:
-        k, v = kv_cache.append(layer, k, v)  # (B, NH, T_seen, hs)
+        k, v = kv_cache.append(layer, k, v)  # (B, NKV, T_seen, hs): only NKV heads are stored
+    n_rep = n_head // n_kv_head
+    if n_rep > 1:
+        k, _ = repeat_kv_forward(k, n_rep)  # (B, NH, T_seen, hs)
+        v, _ = repeat_kv_forward(v, n_rep)
     y, att_cache = ops.attention_forward(q, k, v, causal, key_padding_mask)  # (B, NH, T, hs)
     out, proj_cache = ops.linear_forward(merge_heads(y), w_proj, b_proj)  # (B, T, C)
-    return out, (qkv_cache, att_cache, proj_cache, n_head, ops)
+    return out, (qkv_cache, att_cache, proj_cache, n_head, n_rep, (qn_c, kn_c, rq_c, rk_c), ops)
 
 
 def mha_backward(dout, cache):
-    """dout: (B, T, C) -> dx, dw_qkv, db_qkv, dw_proj, db_proj (db_* None without biases)"""
-    qkv_cache, att_cache, proj_cache, n_head, ops = cache
+    """dout: (B, T, C) -> dx, dw_qkv, db_qkv, dw_proj, db_proj (db_* None without biases),
+    and dq_norm, dk_norm after them when the forward had QK-norm."""
+    qkv_cache, att_cache, proj_cache, n_head, n_rep, (qn_c, kn_c, rq_c, rk_c), ops = cache
     dy, dw_proj, db_proj = ops.linear_backward(dout, proj_cache)
     dq, dk, dv = ops.attention_backward(split_heads(dy, n_head), att_cache)
-    # forward was: q, k, v = split(qkv, 3)  ->  dqkv = concat(dq, dk, dv)
-    dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # (B, T, 3C)
+    if n_rep > 1:
+        # forward was: k_rep = repeat(k, n_rep)  ->  each shared head gets the sum of its query heads'
+        dk = repeat_kv_backward(dk, (n_rep,))
+        dv = repeat_kv_backward(dv, (n_rep,))
+    if rq_c is not None:
+        dq = ops.rope_backward(dq, rq_c)
+        dk = ops.rope_backward(dk, rk_c)
+    norm_grads = ()
+    if qn_c is not None:
+        dq, dq_norm = ops.rmsnorm_backward(dq, qn_c)
+        dk, dk_norm = ops.rmsnorm_backward(dk, kn_c)
+        norm_grads = (dq_norm, dk_norm)
+    # forward was: q, k, v = split(qkv)  ->  dqkv = concat(dq, dk, dv)
+    dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # (B, T, C + 2 NKV hs)
     dx, dw_qkv, db_qkv = ops.linear_backward(dqkv, qkv_cache)
-    return dx, dw_qkv, db_qkv, dw_proj, db_proj
+    return (dx, dw_qkv, db_qkv, dw_proj, db_proj) + norm_grads
 
 
 def cross_attention_forward(x, mem, w_q, b_q, w_kv, b_kv, w_proj, b_proj, n_head, key_padding_mask=None, *,

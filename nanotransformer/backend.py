@@ -11,8 +11,8 @@ reference (`ops.layernorm_forward(x, w, b) -> (out, cache)`, ...). A cache made 
 only ever passed back to the same backend's backward, which is why "auto" chooses per *pair*
 (linear_forward and linear_backward always come from the same backend).
 
-Ops: linear, attention (scaled dot-product core on (B, NH, T, hs) tensors), layernorm, gelu,
-cross_entropy, adamw_update. `ops.name` is the backend's name and `ops.choices` says, per op
+Ops: linear, attention (scaled dot-product core on (B, NH, T, hs) tensors), layernorm, rmsnorm,
+rope, gelu, cross_entropy, adamw_update. `ops.name` is the backend's name and `ops.choices` says, per op
 pair, which backend runs it.
 
 Memory: the first `get_ops` call also asks glibc's malloc (Linux) to keep freed memory instead of
@@ -38,6 +38,8 @@ OP_NAMES = (
     "linear_forward", "linear_backward",
     "attention_forward", "attention_backward",
     "layernorm_forward", "layernorm_backward",
+    "rmsnorm_forward", "rmsnorm_backward",
+    "rope_forward", "rope_backward",
     "gelu_forward", "gelu_backward",
     "cross_entropy_forward", "cross_entropy_backward",
     "adamw_update",
@@ -48,6 +50,8 @@ OP_PAIRS = {
     "linear": ("linear_forward", "linear_backward"),
     "attention": ("attention_forward", "attention_backward"),
     "layernorm": ("layernorm_forward", "layernorm_backward"),
+    "rmsnorm": ("rmsnorm_forward", "rmsnorm_backward"),
+    "rope": ("rope_forward", "rope_backward"),
     "gelu": ("gelu_forward", "gelu_backward"),
     "cross_entropy": ("cross_entropy_forward", "cross_entropy_backward"),
     "adamw_update": ("adamw_update",),
@@ -70,6 +74,8 @@ AUTO = {
     "linear": "numpy",
     "attention": "numba",
     "layernorm": "numba",
+    "rmsnorm": "numpy",
+    "rope": "numpy",
     "gelu": "numba",
     "cross_entropy": "numba",
     "adamw_update": "numba",
@@ -79,6 +85,7 @@ AUTO = {
 REFERENCE_MODULES = {
     **{op: layers for op in OP_NAMES},
     "attention_forward": attention, "attention_backward": attention, "adamw_update": optim,
+    "rope_forward": attention, "rope_backward": attention,
 }  # fmt: skip
 
 

@@ -50,7 +50,8 @@ import numpy as np
 
 from .backend import get_ops
 from .block import (
-    NORMS,
+    attention_weights,
+    NORM_POSITIONS,
     BlockConfig,
     block_specs,
     embed_backward,
@@ -101,8 +102,8 @@ class Seq2SeqConfig(ConfigDict):
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
         check_model_config(self, ("vocab_size", "max_len", "n_enc_layer", "n_dec_layer", "n_head", "d_model", "d_ff"))
-        if self.norm not in NORMS:
-            raise ValueError(f"norm: expected one of {NORMS}, got {self.norm!r}")
+        if self.norm not in NORM_POSITIONS:
+            raise ValueError(f"norm: expected one of {NORM_POSITIONS}, got {self.norm!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing: expected a value in [0, 1), got {self.label_smoothing}")
         for name in ("pad_id", "bos_id", "eos_id"):
@@ -140,7 +141,7 @@ class Seq2Seq(ParamStore):
     @staticmethod
     def block_configs(config):
         """(encoder's, decoder's) `BlockConfig`."""
-        kw = dict(n_head=config.n_head, d_ff=config.d_ff, norm=config.norm)
+        kw = dict(n_head=config.n_head, d_ff=config.d_ff, norm_position=config.norm)
         return BlockConfig(causal=False, **kw), BlockConfig(causal=True, cross=True, **kw)
 
     @staticmethod
@@ -274,10 +275,7 @@ class Seq2Seq(ParamStore):
             _, (_, dec_c, _) = self.decode(tgt_in, mem, src_pad)
         finally:
             self.ops = ops
-        # stack cache (prefixes, final_norm, block caches, ...); block cache (norm, ops, sub-layers);
-        # sub-layer (ln, kind, ln_c, f_c, drop_c); cross-attention f_c (q_c, kv_c, att_c, ...);
-        # reference attention cache (q, k, v, att, scale)
-        return [f_c[2][3] for _, _, subs in dec_c[2] for _, kind, _, f_c, _ in subs if kind == "cross"]
+        return attention_weights(dec_c, "cross")
 
     # ------------------------------------------------------------------------- decoding
 

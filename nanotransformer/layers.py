@@ -207,6 +207,42 @@ def layernorm_backward(dout, cache):
     return dx, dw, db
 
 
+def rmsnorm_forward(x, w, eps=1e-6):
+    """x: (..., C), w: (C,) -> out: (..., C), cache = (xhat, w, rstd)
+
+    RMSNorm (Zhang & Sennrich 2019; Llama, Qwen, Mistral): out = x / sqrt(mean(x^2) + eps) * w.
+    Layer norm without the mean subtraction and without a bias: one statistic instead of two,
+    and in practice as good. eps inside the sqrt keeps an all-zero row finite.
+    """
+    check_same_dtype(x=x, w=w)
+    check_array("x", x, min_ndim=1)
+    check_array("w", w, shape=(x.shape[-1],))
+    _check_eps(eps)
+    ms = (x * x).mean(axis=-1, keepdims=True)  # (..., 1) mean square
+    rstd = 1.0 / np.sqrt(ms + x.dtype.type(eps))
+    xhat = x * rstd
+    return xhat * w, (xhat, w, rstd)
+
+
+def rmsnorm_backward(dout, cache):
+    """dout: (..., C) -> dx: (..., C), dw: (C,)"""
+    xhat, w, rstd = cache
+    lead = tuple(range(dout.ndim - 1))
+    # forward was: out = xhat * w  ->  dw = sum(dout * xhat), dxhat = dout * w
+    dw = (dout * xhat).sum(axis=lead)
+    dxhat = dout * w
+    # forward was: xhat = x * rstd, rstd = (mean(x^2) + eps)^(-1/2), so d rstd / dx_j = -rstd^3 x_j / C
+    # and dx = rstd * dxhat - x * rstd^3 * mean(dxhat * x) = rstd * (dxhat - xhat * mean(dxhat * xhat)):
+    # layer norm's three-term form without the mean term.
+    dx = rstd * (dxhat - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+    return dx, dw
+
+
+def _check_eps(eps):
+    if not isinstance(eps, (int, float, np.floating)) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps: expected a finite number > 0, got {eps!r}")
+
+
 # ----------------------------------------------------------------------------- GELU and MLP
 
 _GELU_K = math.sqrt(2.0 / math.pi)  # a Python float: NumPy 2 would promote float32 arrays to a np.float64
@@ -255,6 +291,60 @@ def mlp_backward(dout, cache):
     fc_cache, gelu_cache, proj_cache, ops = cache
     da, dw_proj, db_proj = ops.linear_backward(dout, proj_cache)
     dh = ops.gelu_backward(da, gelu_cache)
+    dx, dw_fc, db_fc = ops.linear_backward(dh, fc_cache)
+    return dx, dw_fc, db_fc, dw_proj, db_proj
+
+
+# ----------------------------------------------------------------------------- SiLU and SwiGLU
+
+
+def silu_forward(x):
+    """x: (...) -> out: (...), cache = (x, sig)
+
+    SiLU (a.k.a. swish): x * sigmoid(x). Smooth like GELU, and what the SwiGLU gate uses.
+    """
+    check_array("x", x, floating=True)
+    # sigmoid written as 0.5 (1 + tanh(x / 2)): the same function, with no overflow of exp(-x)
+    sig = 0.5 * (1.0 + np.tanh(0.5 * x))
+    return x * sig, (x, sig)
+
+
+def silu_backward(dout, cache):
+    """dout: (...) -> dx: (...)"""
+    x, sig = cache
+    # forward was: out = x * s(x), s' = s (1 - s)  ->  dout/dx = s + x s (1 - s) = s (1 + x (1 - s))
+    return dout * (sig * (1.0 + x * (1.0 - sig)))
+
+
+def swiglu_forward(x, w_fc, b_fc, w_proj, b_proj, *, ops=None):
+    """The gated MLP of Llama/Qwen/Mistral (Shazeer 2020): (silu(x W_gate) * (x W_up)) W_down.
+
+    x: (..., C), w_fc: (C, 2H) = [W_gate | W_up] side by side (one matmul for both, as c_attn
+    holds q, k and v), b_fc: (2H,) or None, w_proj: (H, C) = W_down, b_proj: (C,) or None
+    -> out: (..., C), cache = (fc, gate, up, silu, proj, ops)
+
+    The same signature as `mlp_forward`, so the block switches MLPs by name. Three matrices
+    instead of two: H = 8C/3 (not 4C) keeps the parameter count of GPT-2's MLP.
+    """
+    if ops is None:
+        from .attention import reference_ops  # the backend namespace imports this module
+
+        ops = reference_ops()
+    h, fc_cache = ops.linear_forward(x, w_fc, b_fc)  # (..., 2H)
+    H = h.shape[-1] // 2
+    gate, up = h[..., :H], h[..., H:]  # (..., H) each
+    s, silu_cache = silu_forward(gate)
+    a = s * up  # (..., H) the gated hidden state
+    out, proj_cache = ops.linear_forward(a, w_proj, b_proj)  # (..., C)
+    return out, (fc_cache, s, up, silu_cache, proj_cache, ops)
+
+
+def swiglu_backward(dout, cache):
+    """dout: (..., C) -> dx, dw_fc, db_fc, dw_proj, db_proj"""
+    fc_cache, s, up, silu_cache, proj_cache, ops = cache
+    da, dw_proj, db_proj = ops.linear_backward(dout, proj_cache)
+    # forward was: a = silu(gate) * up  ->  dgate = silu'(gate) * (da * up), dup = da * s
+    dh = np.concatenate([silu_backward(da * up, silu_cache), da * s], axis=-1)  # (..., 2H)
     dx, dw_fc, db_fc = ops.linear_backward(dh, fc_cache)
     return dx, dw_fc, db_fc, dw_proj, db_proj
 

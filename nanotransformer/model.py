@@ -35,12 +35,15 @@ Does not: implement dropout on the attention weights (only on the embeddings and
 of each residual branch), mixed precision, or sliding-window attention past block_size (the
 generator crops the context instead, see `generation.py`).
 """
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .backend import get_ops
 from .block import (
+    MLP_KINDS,
+    NORM_KINDS,
     BlockConfig,
     block_specs,
     embed_backward,
@@ -56,12 +59,29 @@ from .layers import sinusoidal_table
 from .params import ParamStore
 from .validation import ConfigDict, check_array, check_ids, check_model_config
 
-POS_KINDS = ("learned", "sinusoidal")
+POS_KINDS = ("learned", "sinusoidal", "rope")
+
+# Architecture presets (`nanotransformer train --arch ...`): switches of GPTConfig. Flags and
+# keyword arguments override them. "llama": the block of Llama 2/3, Mistral and Qwen2 — RMSNorm,
+# RoPE, SwiGLU, grouped-query attention (half as many key/value heads as query heads), no
+# biases, an untied LM head.
+ARCHS = {
+    "gpt2": dict(norm="layernorm", pos="learned", mlp="gelu", bias=True, tie_embeddings=True),
+    "llama": dict(norm="rmsnorm", pos="rope", mlp="swiglu", bias=False, tie_embeddings=False, n_kv_head="half"),
+}
+
+
+def default_d_ff(d_model, mlp):
+    """The MLP's hidden width: 4C for GELU; for SwiGLU 8C/3 rounded up to a multiple of 8, so its
+    three matrices hold as many parameters as GELU's two (3 x 8C/3 = 2 x 4C)."""
+    return 4 * d_model if mlp == "gelu" else -(-8 * d_model // 3 // 8) * 8
 
 
 @dataclass
 class GPTConfig(ConfigDict):
-    """Hyper-parameters of the network (not of training: see `train.TrainConfig`)."""
+    """Hyper-parameters of the network (not of training: see `train.TrainConfig`).
+
+    The defaults are GPT-2's block; `GPTConfig.preset("llama", ...)` switches to Llama's."""
 
     vocab_size: int = 65
     block_size: int = 64  # the longest context the model can see (T <= block_size)
@@ -70,18 +90,58 @@ class GPTConfig(ConfigDict):
     d_model: int = 128
     dropout: float = 0.0
     bias: bool = True  # biases in the linear layers and layer norms (nanoGPT's switch)
-    pos: str = "learned"  # "learned" (GPT-2) or "sinusoidal" (the original transformer)
+    pos: str = "learned"  # "learned" (GPT-2), "sinusoidal" (the original transformer) or "rope" (Llama)
     backend: str = None  # None: $NANOTRANSFORMER_BACKEND, else the default (see backend.py)
+    norm: str = "layernorm"  # or "rmsnorm"
+    mlp: str = "gelu"  # or "swiglu"
+    d_ff: int = None  # the MLP's hidden width (None: `default_d_ff`)
+    n_kv_head: int = None  # key/value heads, a divisor of n_head (None: n_head; 1: multi-query)
+    tie_embeddings: bool = True  # the LM head is wte^T (else its own lm_head.w)
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys
+    rope_theta: float = 10000.0  # RoPE's base (pos="rope")
+    norm_eps: float = 1e-5  # eps of every norm
+    qkv_bias: bool = None  # biases on the q, k, v projection only (None: same as bias; Qwen2: True)
 
     def __post_init__(self):
+        for name, allowed in (("pos", POS_KINDS), ("norm", NORM_KINDS), ("mlp", MLP_KINDS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
         check_model_config(self, ("vocab_size", "block_size", "n_layer", "n_head", "d_model"))
-        if self.pos not in POS_KINDS:
-            raise ValueError(f"pos: expected one of {POS_KINDS}, got {self.pos!r}")
+        if self.d_ff is None:
+            self.d_ff = default_d_ff(self.d_model, self.mlp)
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.qkv_bias is None:
+            self.qkv_bias = self.bias
+        check_model_config(self, ("d_ff", "n_kv_head"))
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_kv_head: expected a divisor of n_head={self.n_head}, got {self.n_kv_head}")
+        if self.pos == "rope" and (self.d_model // self.n_head) % 2:
+            raise ValueError(f"pos: 'rope' needs an even head size, got d_model / n_head = {self.d_model // self.n_head}")
+        for name, low in (("rope_theta", 1.0), ("norm_eps", 0.0)):
+            val = getattr(self, name)
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val <= low:
+                raise ValueError(f"{name}: expected a finite number > {low:g}, got {val!r}")
+        for name in ("bias", "tie_embeddings", "qk_norm", "qkv_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
 
+    @classmethod
+    def preset(cls, arch, **overrides):
+        """GPTConfig of architecture `arch` (a key of ARCHS); keyword arguments override it."""
+        if arch not in ARCHS:
+            raise ValueError(f"arch: expected one of {tuple(ARCHS)}, got {arch!r}")
+        kw = dict(ARCHS[arch])
+        kw.update(overrides)
+        if kw.get("n_kv_head") == "half":
+            n_head = kw.get("n_head", cls.n_head)
+            kw["n_kv_head"] = n_head // 2 if n_head % 2 == 0 else n_head
+        return cls(**kw)
 
 
 class KVCache:
-    """Keys and values of every position decoded so far, one (B, NH, T_seen, hs) pair per layer.
+    """Keys and values of every position decoded so far, one (B, NKV, T_seen, hs) pair per layer
+    (NKV = NH without grouped-query attention). RoPE has already rotated the cached keys.
 
     With the cache, decoding one more token costs one row of attention instead of re-running
     the whole prefix: the new token's query attends to the cached keys (`attention_forward`'s
@@ -94,7 +154,16 @@ class KVCache:
 
     def __len__(self):
         """Number of positions cached (the position of the next token)."""
-        return 0 if self.k[0] is None else self.k[0].shape[2]
+        return self.length(0)
+
+    def length(self, i):
+        """Positions cached in layer i (layers before it may already hold this step's tokens)."""
+        return 0 if self.k[i] is None else self.k[i].shape[2]
+
+    def nbytes(self):
+        """Bytes held: 2 (k, v) x L x B x NKV x T_seen x hs x itemsize. Grouped-query attention
+        stores NKV heads, not NH: NH / NKV times less."""
+        return sum(t.nbytes for t in self.k + self.v if t is not None)
 
     def append(self, i, k, v):
         """Add layer i's new keys/values (B, NH, T_new, hs); return all of them (B, NH, T_seen, hs)."""
@@ -136,18 +205,24 @@ class GPT(ParamStore):
 
     @staticmethod
     def block_config(config):
-        """GPT's block: causal, pre-LN, MLP width 4C."""
-        return BlockConfig(n_head=config.n_head, d_ff=4 * config.d_model, causal=True, bias=config.bias)
+        """GPT's block: causal, pre-norm, and the config's switches (norm, MLP, RoPE, GQA, ...)."""
+        return BlockConfig(
+            n_head=config.n_head, d_ff=config.d_ff, causal=True, bias=config.bias, norm=config.norm,
+            mlp=config.mlp, n_kv_head=config.n_kv_head, rope_theta=config.rope_theta if config.pos == "rope" else None,
+            qk_norm=config.qk_norm, norm_eps=config.norm_eps, qkv_bias=config.qkv_bias,
+        )  # fmt: skip
 
     @staticmethod
     def param_specs(config):
-        """[(name, shape)] of every parameter, in buffer order (GPT-2 names)."""
+        """[(name, shape)] of every parameter, in buffer order (GPT-2 names; "lm_head.w" (C, V)
+        last when the head is untied)."""
         V, T, C = config.vocab_size, config.block_size, config.d_model
         bc = GPT.block_config(config)
         specs = [("wte", (V, C))] + ([("wpe", (T, C))] if config.pos == "learned" else [])
         for i in range(config.n_layer):
             specs += block_specs(f"h.{i}.", C, bc)
-        return specs + norm_specs("ln_f", C, config.bias)
+        specs += norm_specs("ln_f", C, config.bias, config.norm)
+        return specs + ([] if config.tie_embeddings else [("lm_head.w", (C, V))])
 
     def init_std(self, name, shape):
         return residual_std(self.config.n_layer) if name.endswith("c_proj.w") else 0.02
@@ -166,7 +241,10 @@ class GPT(ParamStore):
         if kv_cache is not None and targets is not None:
             raise ValueError("kv_cache: only for inference (train=False, targets=None)")
         xf, hidden_c = self.hidden_forward(ids, train=train, rng=rng, kv_cache=kv_cache)
-        logits, head_c = tied_head_forward(xf, self.p["wte"], None, self.ops)  # (B, T, V)
+        if self.config.tie_embeddings:
+            logits, head_c = tied_head_forward(xf, self.p["wte"], None, self.ops)  # (B, T, V)
+        else:
+            logits, head_c = self.ops.linear_forward(xf, self.p["lm_head.w"], None)  # (B, T, V)
         loss, loss_c = None, None
         if targets is not None:
             loss_arr, loss_c = self.ops.cross_entropy_forward(logits, targets)
@@ -196,7 +274,7 @@ class GPT(ParamStore):
         if kv_cache is not None and train:
             raise ValueError("kv_cache: only for inference (train=False, targets=None)")
         p_drop = cfg.dropout if train else 0.0
-        table = self.p["wpe"] if cfg.pos == "learned" else self._pe
+        table = self.p["wpe"] if cfg.pos == "learned" else self._pe  # None with RoPE
         x, emb_c = embed_forward(ids, self.p["wte"], table, offset=offset, p_drop=p_drop, rng=rng, train=train)
         xf, stack_c = stack_forward(x, self.p, self.prefixes, self.block, self.ops, "ln_f", kv_cache=kv_cache,
                                     p_drop=p_drop, rng=rng, train=train)  # (B, T, C)
@@ -212,6 +290,10 @@ class GPT(ParamStore):
         hidden_c, head_c, loss_c = self._cache
         self._cache = None  # one backward per forward: the caches are consumed
         dlogits = self.ops.cross_entropy_backward(np.ones((), dtype=self.dtype), loss_c)  # (B, T, V)
+        if not self.config.tie_embeddings:
+            dxf, self.g["lm_head.w"][...], _ = self.ops.linear_backward(dlogits, head_c)
+            self.hidden_backward(dxf, hidden_c)
+            return self.grads
         # forward was: logits = xf @ wte^T  ->  dxf = dlogits @ wte, dwte (head part) = dlogits^T @ xf
         dxf, dwte_head, _ = tied_head_backward(dlogits, head_c)
         self.hidden_backward(dxf, hidden_c)

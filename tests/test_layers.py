@@ -94,6 +94,35 @@ def _cases():
             _randn(rng, C, 2 * C), _randn(rng, 2 * C), _randn(rng, C, C), _randn(rng, C), NH,
         ), {"key_padding_mask": _padding_mask(rng, B, Tk)}  # fmt: skip
 
+    def rmsnorm(rng, T):
+        return (_randn(rng, B, T, C), _randn(rng, C)), {"eps": 1e-6}
+
+    def swiglu(rng, T):
+        return (_randn(rng, B, T, C), _randn(rng, C, 2 * 5), _randn(rng, 2 * 5), _randn(rng, 5, C), _randn(rng, C)), {}
+
+    def swiglu_nobias(rng, T):
+        return (_randn(rng, B, T, C), _randn(rng, C, 2 * 5), None, _randn(rng, 5, C), None), {}
+
+    def rope(rng, T):
+        return (_randn(rng, B, NH, T, 6),), {"theta": 100.0, "offset": 3}
+
+    def repeat_kv(rng, T):
+        return (_randn(rng, B, 2, T, 3), 3), {}
+
+    def mha_gqa(rng, T):  # 4 query heads sharing 2 key/value heads, with RoPE
+        kv = 2 * 2 * (C // 4)
+        return (_randn(rng, B, T, C), _randn(rng, C, C + kv), _randn(rng, C + kv), _randn(rng, C, C), None, 4), {
+            "n_kv_head": 2, "rope_theta": 50.0}  # fmt: skip
+
+    def mha_mqa_qknorm(rng, T):  # multi-query (one key/value head), RoPE, QK-norm; gains as arguments
+        hs = C // 4
+        return (_randn(rng, B, T, C), _randn(rng, C, C + 2 * hs), None, _randn(rng, C, C), None,
+                1 + 0.3 * _randn(rng, hs), 1 + 0.3 * _randn(rng, hs)), {}  # fmt: skip
+
+    def mha_qknorm_fwd(x, w_qkv, b_qkv, w_proj, b_proj, q_norm, k_norm):
+        return A.mha_forward(x, w_qkv, b_qkv, w_proj, b_proj, 4, n_kv_head=1, rope_theta=30.0,
+                             q_norm=q_norm, k_norm=k_norm)  # fmt: skip
+
     drop_fwd = lambda x, p: L.dropout_forward(x, p, np.random.default_rng(7))  # same mask every call  # noqa: E731
 
     return {
@@ -104,6 +133,14 @@ def _cases():
         "softmax": (L.softmax_forward, L.softmax_backward, softmax),
         "log_softmax": (L.log_softmax_forward, L.log_softmax_backward, softmax),
         "layernorm": (L.layernorm_forward, L.layernorm_backward, layernorm),
+        "rmsnorm": (L.rmsnorm_forward, L.rmsnorm_backward, rmsnorm),
+        "silu": (L.silu_forward, L.silu_backward, gelu),
+        "swiglu": (L.swiglu_forward, L.swiglu_backward, swiglu),
+        "swiglu_nobias": (L.swiglu_forward, L.swiglu_backward, swiglu_nobias),
+        "rope": (A.rope_forward, A.rope_backward, rope),
+        "repeat_kv": (A.repeat_kv_forward, A.repeat_kv_backward, repeat_kv),
+        "mha_gqa": (A.mha_forward, A.mha_backward, mha_gqa),
+        "mha_mqa_qknorm": (mha_qknorm_fwd, A.mha_backward, mha_mqa_qknorm),
         "gelu": (L.gelu_forward, L.gelu_backward, gelu),
         "mlp": (L.mlp_forward, L.mlp_backward, mlp),
         "residual": (L.residual_forward, L.residual_backward, residual),
@@ -132,7 +169,8 @@ def test_gradcheck(name, T, rng):
     assert result.ok, f"{name} T={T}\n{result}"
 
 
-@pytest.mark.parametrize("name", ["linear", "layernorm", "attention_causal", "cross_entropy", "mha_causal", "embedding"])
+@pytest.mark.parametrize("name", ["linear", "layernorm", "attention_causal", "cross_entropy", "mha_causal", "embedding",
+                                  "rmsnorm", "swiglu", "rope", "repeat_kv", "mha_gqa", "mha_mqa_qknorm"])  # fmt: skip
 def test_gradcheck_catches_a_broken_backward(name, rng):
     """The check must be able to fail: scale one gradient by 1.001 and it must notice."""
     fwd, bwd, build = CASES[name]
@@ -324,3 +362,105 @@ def test_mha_equals_per_head_attention(rng):
         v = qkv[..., 2 * C + h * hs : 2 * C + (h + 1) * hs]
         heads.append(A.attention_forward(q, k, v, causal=True)[0])
     np.testing.assert_allclose(out, np.concatenate(heads, -1) @ w_proj + b_proj, rtol=1e-10)
+
+
+# ----------------------------------------------------------------------------- the Llama pieces
+
+
+def test_rmsnorm_is_the_formula_and_zero_row_finite(rng):
+    x, w = rng.standard_normal((3, 7)), rng.standard_normal(7)
+    x[1] = 0.0
+    out, _ = L.rmsnorm_forward(x, w, eps=1e-6)
+    want = x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-6) * w
+    np.testing.assert_allclose(out, want, rtol=1e-12)
+    assert np.isfinite(out).all() and not out[1].any()
+    # invariant to the scale of a row (unlike layer norm, not to its shift)
+    np.testing.assert_allclose(L.rmsnorm_forward(5 * x, w, eps=0.0 + 1e-300)[0][[0, 2]],
+                               L.rmsnorm_forward(x, w, eps=1e-300)[0][[0, 2]], rtol=1e-10)  # fmt: skip
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="eps"):
+            L.rmsnorm_forward(x, w, eps=bad)
+
+
+def test_silu_and_swiglu_are_the_formulas(rng):
+    x = rng.standard_normal((2, 3, 4)) * 3
+    np.testing.assert_allclose(L.silu_forward(x)[0], x / (1 + np.exp(-x)), rtol=1e-12)
+    w_gate, w_up, w_down = rng.standard_normal((4, 5)), rng.standard_normal((4, 5)), rng.standard_normal((5, 4))
+    out, _ = L.swiglu_forward(x, np.concatenate([w_gate, w_up], 1), None, w_down, None)
+    g = x @ w_gate
+    np.testing.assert_allclose(out, (g / (1 + np.exp(-g)) * (x @ w_up)) @ w_down, rtol=1e-10)
+
+
+def test_rope_rotates_each_pair_by_position_times_frequency(rng):
+    T, hs, theta, offset = 5, 8, 100.0, 2
+    x = rng.standard_normal((2, T, hs))
+    out, _ = A.rope_forward(x, theta, offset)
+    h = hs // 2
+    for m in range(T):
+        for i in range(h):  # pair (i, i + hs/2) of position offset + m turns by (offset + m) theta^(-2i/hs)
+            a = (offset + m) * theta ** (-2 * i / hs)
+            c, s = math.cos(a), math.sin(a)
+            np.testing.assert_allclose(out[:, m, i], c * x[:, m, i] - s * x[:, m, i + h], rtol=1e-12)
+            np.testing.assert_allclose(out[:, m, i + h], s * x[:, m, i] + c * x[:, m, i + h], rtol=1e-12)
+
+
+def test_rope_scores_depend_on_relative_position_only(rng):
+    hs = 6
+    q, k = rng.standard_normal(hs), rng.standard_normal(hs)
+    dots = []
+    for shift in (0, 3, 11):  # the same relative distance 2 at three absolute positions
+        qr, _ = A.rope_forward(np.tile(q, (4 + shift, 1)), 10000.0)
+        kr, _ = A.rope_forward(np.tile(k, (4 + shift, 1)), 10000.0)
+        dots.append(qr[shift + 3] @ kr[shift + 1])
+    np.testing.assert_allclose(dots, dots[0], rtol=1e-10)
+
+
+def test_rope_offset_equals_a_slice_and_backward_is_the_inverse(rng):
+    x = rng.standard_normal((2, 3, 9, 4))
+    full, _ = A.rope_forward(x, 500.0)
+    part, cache = A.rope_forward(x[..., 4:, :], 500.0, offset=4)
+    np.testing.assert_allclose(part, full[..., 4:, :], rtol=1e-12)
+    # a rotation is orthogonal: its transpose (the backward) undoes it
+    np.testing.assert_allclose(A.rope_backward(part, cache), x[..., 4:, :], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="even head size"):
+        A.rope_forward(rng.standard_normal((3, 5)))
+
+
+def test_rope_half_split_is_interleaved_after_a_permutation(rng):
+    """The paper's layout rotates adjacent pairs (2i, 2i+1); Hugging Face's the pairs (i, i + hs/2).
+    Permuting the channels [0, 2, 4, ..., 1, 3, 5, ...] maps one onto the other (how Meta's
+    checkpoints are converted: the q and k projections' output columns are permuted)."""
+    T, hs = 4, 8
+    x = rng.standard_normal((T, hs))
+    perm = np.r_[0:hs:2, 1:hs:2]  # interleaved channel j -> half-split position
+    pos = np.arange(T)[:, None]
+    ang = pos * 10000.0 ** (-np.arange(0, hs, 2) / hs)  # (T, hs/2)
+    x1, x2 = x[:, 0::2], x[:, 1::2]
+    inter = np.empty_like(x)
+    inter[:, 0::2] = x1 * np.cos(ang) - x2 * np.sin(ang)
+    inter[:, 1::2] = x1 * np.sin(ang) + x2 * np.cos(ang)
+    half, _ = A.rope_forward(x[:, perm], 10000.0)
+    np.testing.assert_allclose(half, inter[:, perm], rtol=1e-12)
+
+
+def test_gqa_equals_multi_head_attention_with_repeated_key_value_weights(rng):
+    B, T, C, NH, NKV = 2, 5, 8, 4, 2
+    hs, G = C // NH, NH // NKV
+    x = rng.standard_normal((B, T, C))
+    w_q, w_k, w_v = rng.standard_normal((C, C)), rng.standard_normal((C, NKV * hs)), rng.standard_normal((C, NKV * hs))
+    w_proj = rng.standard_normal((C, C))
+    out, _ = A.mha_forward(x, np.concatenate([w_q, w_k, w_v], 1), None, w_proj, None, NH, n_kv_head=NKV, rope_theta=10.0)
+    # the same thing as plain multi-head attention whose key/value heads are copies: head j of
+    # the NKV serves query heads j*G .. j*G + G - 1
+    rep = lambda w: np.repeat(w.reshape(C, NKV, hs), G, axis=1).reshape(C, C)  # noqa: E731
+    ref, _ = A.mha_forward(x, np.concatenate([w_q, rep(w_k), rep(w_v)], 1), None, w_proj, None, NH, rope_theta=10.0)
+    np.testing.assert_allclose(out, ref, rtol=1e-10)
+    with pytest.raises(ValueError, match="n_kv_head"):
+        A.mha_forward(x, np.concatenate([w_q, w_k, w_v], 1), None, w_proj, None, NH, n_kv_head=3)
+
+
+def test_repeat_kv_backward_sums_each_groups_gradients(rng):
+    dout = rng.standard_normal((2, 6, 3, 4))  # 6 query heads, n_rep 3 -> 2 key/value heads
+    dx = A.repeat_kv_backward(dout, (3,))
+    np.testing.assert_allclose(dx[:, 0], dout[:, 0] + dout[:, 1] + dout[:, 2])
+    np.testing.assert_allclose(dx[:, 1], dout[:, 3] + dout[:, 4] + dout[:, 5])

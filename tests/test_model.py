@@ -40,10 +40,25 @@ def _perturbed(m, rng):
     return m
 
 
+# The Llama switches, one at a time and together (TINY has 2 heads: GQA 2 -> 1 is multi-query)
+LLAMA = dict(norm="rmsnorm", pos="rope", mlp="swiglu", bias=False, tie_embeddings=False, n_kv_head=1)
+LLAMA_VARIANTS = {
+    "rmsnorm": {"norm": "rmsnorm"},
+    "rope": {"pos": "rope", "rope_theta": 100.0},
+    "swiglu": {"mlp": "swiglu"},
+    "gqa": {"n_kv_head": 1},
+    "untied": {"tie_embeddings": False},
+    "qk-norm": {"qk_norm": True},
+    "llama": LLAMA,
+    "qwen2": {**LLAMA, "qkv_bias": True},
+    "llama-qk-norm-dropout": {**LLAMA, "qk_norm": True, "dropout": 0.2},
+}
+
+
 @pytest.mark.parametrize(
     "kw",
-    [{}, {"bias": False}, {"pos": "sinusoidal"}, {"dropout": 0.2}],
-    ids=["default", "no-bias", "sinusoidal", "dropout"],
+    [{}, {"bias": False}, {"pos": "sinusoidal"}, {"dropout": 0.2}, *LLAMA_VARIANTS.values()],
+    ids=["default", "no-bias", "sinusoidal", "dropout", *LLAMA_VARIANTS],
 )
 def test_whole_model_gradcheck(kw, rng):
     m = _perturbed(tiny_model(**kw), rng)
@@ -148,7 +163,11 @@ def test_backward_without_targets_is_an_error(rng):
 @pytest.mark.parametrize(
     "kw, match",
     [({"vocab_size": 0}, "vocab_size"), ({"n_head": 3}, "n_head"), ({"dropout": 1.0}, "dropout"),
-     ({"pos": "rotary"}, "pos"), ({"block_size": 2.5}, "block_size")],
+     ({"pos": "rotary"}, "pos"), ({"block_size": 2.5}, "block_size"), ({"norm": "batchnorm"}, "norm"),
+     ({"mlp": "relu"}, "mlp"), ({"n_kv_head": 3, "n_head": 2}, "n_kv_head"), ({"n_kv_head": 0}, "n_kv_head"),
+     ({"d_ff": 0}, "d_ff"), ({"pos": "rope", "n_head": 8, "d_model": 8}, "even head size"),
+     ({"rope_theta": float("nan")}, "rope_theta"), ({"norm_eps": 0.0}, "norm_eps"), ({"qk_norm": 1}, "qk_norm"),
+     ({"tie_embeddings": "no"}, "tie_embeddings")],
 )
 def test_config_validation(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -196,12 +215,15 @@ def test_dropout_needs_an_rng_only_in_training(rng):
     assert not np.allclose(a, c)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("backend", ["numba", "auto"])
 @pytest.mark.parametrize("dtype, rtol, atol", [(np.float64, 1e-9, 1e-12), (np.float32, 1e-4, 1e-5)])
-def test_backends_agree(backend, dtype, rtol, atol, rng):
+def test_backends_agree(backend, dtype, rtol, atol, arch, rng):
     """The model composes whichever hot ops get_ops(config.backend) returns: same logits, loss and
-    gradients as the NumPy reference."""
+    gradients as the NumPy reference (GPT-2's block and Llama's with QK-norm)."""
     cfg = dict(vocab_size=17, block_size=12, n_layer=2, n_head=2, d_model=16, dropout=0.1)
+    if arch == "llama":
+        cfg.update(LLAMA, qk_norm=True)
     ref = _perturbed(GPT(GPTConfig(**cfg, backend="numpy"), dtype=dtype), np.random.default_rng(3))
     other = GPT(GPTConfig(**cfg, backend=backend), dtype=dtype)
     other.params[...] = ref.params
@@ -215,3 +237,80 @@ def test_backends_agree(backend, dtype, rtol, atol, rng):
     np.testing.assert_allclose(out[1][1], out[0][1], rtol=rtol, atol=atol)
     scale = np.abs(out[0][2]).max()  # gradients: compared relative to their largest entry
     np.testing.assert_allclose(out[1][2] / scale, out[0][2] / scale, rtol=0, atol=10 * atol)
+
+
+# ----------------------------------------------------------------------------- the Llama switches
+
+
+def test_llama_preset_and_overrides():
+    cfg = GPTConfig.preset("llama", **TINY)
+    assert (cfg.norm, cfg.pos, cfg.mlp, cfg.bias, cfg.tie_embeddings, cfg.n_kv_head) == ("rmsnorm", "rope", "swiglu", False, False, 1)
+    assert GPTConfig.preset("llama", **{**TINY, "n_head": 4}).n_kv_head == 2  # half the query heads
+    assert GPTConfig.preset("llama", **TINY, n_kv_head=2).n_kv_head == 2  # a flag overrides the preset
+    assert GPTConfig.preset("gpt2", **TINY) == GPTConfig(**TINY)
+    with pytest.raises(ValueError, match="arch"):
+        GPTConfig.preset("mamba")
+
+
+def test_llama_parameters_names_shapes_and_count():
+    m = tiny_model(**LLAMA, qk_norm=True, qkv_bias=True)
+    C, hs, V, F = 8, 4, 11, m.config.d_ff
+    assert F == 24  # 8C/3 rounded up to a multiple of 8: as many MLP weights as GELU's 4C
+    shapes = dict(m.specs)
+    assert "wpe" not in shapes and "ln_f.b" not in shapes and "h.0.ln_1.b" not in shapes
+    assert shapes["h.0.attn.c_attn.w"] == (C, C + 2 * 1 * hs)  # q, one key head, one value head
+    assert shapes["h.0.attn.c_attn.b"] == (C + 2 * hs,) and "h.0.attn.c_proj.b" not in shapes
+    assert shapes["h.0.attn.q_norm.w"] == (hs,) == shapes["h.0.attn.k_norm.w"]
+    assert shapes["h.0.mlp.c_fc.w"] == (C, 2 * F) and shapes["h.0.mlp.c_proj.w"] == (F, C)
+    assert m.specs[-1] == ("lm_head.w", (C, V))
+    gpt2 = tiny_model(bias=False)
+    mlp = lambda model: sum(math.prod(s) for n, s in model.specs if ".mlp." in n)  # noqa: E731
+    assert abs(mlp(m) - mlp(gpt2)) / mlp(gpt2) < 0.15
+
+
+def test_untied_head_is_its_own_parameter(rng):
+    m = tiny_model(tie_embeddings=False)
+    ids = rng.integers(0, 11, size=(2, 5))
+    before, _ = m.forward(ids)
+    head = m.p["lm_head.w"].copy()
+    m.p["lm_head.w"][...] += rng.standard_normal(head.shape)
+    after, _ = m.forward(ids)
+    assert not np.allclose(before, after)  # the head reads lm_head.w ...
+    m.p["lm_head.w"][...] = head
+    m.p["wte"][0] += 1.0  # ... and wte only through the lookup: a row no input uses changes nothing
+    if 0 not in ids:
+        np.testing.assert_array_equal(m.forward(ids)[0], before)
+
+
+@pytest.mark.parametrize("kw", [LLAMA, {**LLAMA, "qk_norm": True, "n_kv_head": 2}], ids=["llama", "qk-norm"])
+def test_llama_kv_cache_decoding_equals_the_full_forward(kw, rng):
+    """RoPE rotates each cached key at its own position: decoding one token at a time must give
+    the full forward's logits."""
+    m = _perturbed(tiny_model(**kw), rng)
+    ids = rng.integers(0, 11, size=(2, 8))
+    full, _ = m.forward(ids)
+    cache = model_mod.KVCache(2)
+    steps = [m.forward(ids[:, :3], kv_cache=cache)[0]] + [m.forward(ids[:, t : t + 1], kv_cache=cache)[0] for t in range(3, 8)]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-10, atol=1e-12)
+
+
+def test_gqa_kv_cache_holds_only_the_key_value_heads(rng):
+    ids = rng.integers(0, 11, size=(1, 6))
+    sizes = {}
+    for nkv in (4, 2, 1):
+        m = tiny_model(**{**LLAMA, "n_head": 4, "n_kv_head": nkv})
+        cache = model_mod.KVCache(2)
+        m.forward(ids, kv_cache=cache)
+        assert cache.k[0].shape == (1, nkv, 6, 2)
+        sizes[nkv] = cache.nbytes()
+    assert sizes[4] == 2 * sizes[2] == 4 * sizes[1] == 2 * 2 * 1 * 4 * 6 * 2 * 8  # k,v x L x B x NH x T x hs x 8 bytes
+
+
+def test_rope_model_has_no_position_table_and_sees_order(rng):
+    """Without wpe, positions enter only through RoPE: swapping two tokens must change the logits
+    of the later positions."""
+    m = _perturbed(tiny_model(pos="rope"), rng)
+    ids = np.array([[1, 2, 3, 4]])
+    a, _ = m.forward(ids)
+    b, _ = m.forward(ids[:, [1, 0, 2, 3]])
+    assert not np.allclose(a[0, 3], b[0, 3])

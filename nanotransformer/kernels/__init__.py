@@ -4,6 +4,8 @@
     linear.py         _matmul_nb, _transpose_nb              layers.linear_{forward,backward}
     attention.py      _attention_{forward,backward}_nb       attention.attention_{forward,backward}
     layernorm.py      _layernorm_{forward,backward}_nb       layers.layernorm_{forward,backward}
+    rmsnorm.py        _rmsnorm_{forward,backward}_nb         layers.rmsnorm_{forward,backward}
+    rope.py           _rope_{forward,backward}_nb            attention.rope_{forward,backward}
     gelu.py           _gelu_{forward,backward}_nb            layers.gelu_{forward,backward}
     cross_entropy.py  _cross_entropy_{forward,backward}_nb   layers.cross_entropy_{forward,backward}
     adamw.py          _adamw_update_nb                       optim.adamw_update
@@ -52,10 +54,10 @@ Does not: run fast under NUMBA_DISABLE_JIT=1 (the same code then runs as plain P
 CI uses for coverage), or use BLAS (that is the "numpy" backend: backend.AUTO records which one
 the default picks per op, and why).
 """
-from . import adamw, attention, bpe, cross_entropy, gelu, jit, layernorm, linear  # noqa: F401 (bpe: the BPE kernels)
+from . import adamw, attention, bpe, cross_entropy, gelu, jit, layernorm, linear, rmsnorm, rope  # noqa: F401 (bpe: the BPE kernels)
 
 # The float kernels inline jit.py's helpers: key their on-disk cache on jit.py too (see above).
-jit.cache_depends_on_this_file(jit, linear, attention, layernorm, gelu, cross_entropy, adamw)
+jit.cache_depends_on_this_file(jit, linear, attention, layernorm, rmsnorm, rope, gelu, cross_entropy, adamw)
 
 from .adamw import adamw_update  # noqa: E402
 from .attention import attention_backward, attention_forward  # noqa: E402
@@ -65,9 +67,12 @@ from .gelu import gelu_backward, gelu_forward  # noqa: E402
 from .jit import FASTMATH, num_threads  # noqa: E402
 from .layernorm import layernorm_backward, layernorm_forward  # noqa: E402
 from .linear import linear_backward, linear_forward, matmul, transpose  # noqa: E402
+from .rmsnorm import rmsnorm_backward, rmsnorm_forward  # noqa: E402
+from .rope import rope_backward, rope_forward  # noqa: E402
 
 __all__ = [
     "FASTMATH", "PairTable", "adamw_update", "attention_backward", "attention_forward", "cross_entropy_backward",
     "cross_entropy_forward", "encode_chunks", "gelu_backward", "gelu_forward", "layernorm_backward",
-    "layernorm_forward", "linear_backward", "linear_forward", "matmul", "num_threads", "train_fast", "transpose",
+    "layernorm_forward", "linear_backward", "linear_forward", "matmul", "num_threads", "rmsnorm_backward",
+    "rmsnorm_forward", "rope_backward", "rope_forward", "train_fast", "transpose",
 ]  # fmt: skip

@@ -41,7 +41,8 @@ import numpy as np
 from . import __version__
 from . import cli_tasks as per_kind
 from .backend import BACKENDS
-from .model import POS_KINDS
+from .block import MLP_KINDS, NORM_KINDS
+from .model import ARCHS, POS_KINDS
 
 MODEL_DEFAULTS = per_kind.MODEL_DEFAULTS["gpt"]  # a bare `nanotransformer train`
 TRAIN_DEFAULTS = per_kind.TRAIN_DEFAULTS["gpt"]
@@ -163,8 +164,24 @@ def build_parser():
                    help="gpt (causal LM), bert (masked LM) or seq2seq (encoder-decoder) (default: gpt)")
     for flag, typ, text in MODEL_FLAGS:
         _flag(g, flag, typ, text, per_kind.MODEL_DEFAULTS)
-    g.add_argument("--no-bias", action="store_true", help="gpt: no biases in linear layers and layer norms")
-    g.add_argument("--pos", choices=POS_KINDS, help=f"gpt: position embeddings (default: {MODEL_DEFAULTS['pos']})")
+    g.add_argument("--arch", choices=tuple(ARCHS), default=None,
+                   help="gpt: a preset of the switches below. gpt2: layer norm, learned positions, GELU, biases, "
+                        "tied head. llama: RMSNorm, RoPE, SwiGLU, grouped-query attention (NKV = NH/2), no biases, "
+                        "untied head (default: gpt2)")
+    g.add_argument("--pos", choices=POS_KINDS, help="gpt: positions: learned, sinusoidal or rope (default: the --arch's)")
+    g.add_argument("--norm", choices=NORM_KINDS, help="gpt: layernorm or rmsnorm (default: the --arch's)")
+    g.add_argument("--mlp", choices=MLP_KINDS, help="gpt: gelu or swiglu (default: the --arch's)")
+    g.add_argument("--n-kv-head", type=_positive_int, default=None, metavar="N",
+                   help="gpt: key/value heads, a divisor of --n-head (1 = multi-query; default: the --arch's)")
+    g.add_argument("--d-ff", type=_positive_int, default=None, metavar="N",
+                   help="gpt: the MLP's hidden width (default: 4C for gelu, 8C/3 rounded up to 8 for swiglu)")
+    g.add_argument("--rope-theta", type=float, default=None, metavar="X", help="gpt: RoPE's base (default: 10000)")
+    g.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="gpt: biases in linear layers and norms (default: the --arch's)")
+    g.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None,
+                   help="gpt: the LM head is the token embedding transposed (default: the --arch's)")
+    g.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="gpt: RMSNorm on each head's queries and keys (default: off)")
     g.add_argument("--backend", choices=BACKENDS + ("auto",), default=None,
                    help="hot-op implementation (default: $NANOTRANSFORMER_BACKEND, else auto)")
     _training_flags(t, {k: per_kind.TRAIN_DEFAULTS[k] for k in per_kind.KINDS},

@@ -20,6 +20,7 @@ Dimension legend: B batch, T block size (max_len for seq2seq), N examples.
 Does not: parse flags or print errors (cli.py does), or hold any model or task code (the package
 modules do).
 """
+import contextlib
 import math
 import warnings
 from pathlib import Path
@@ -32,7 +33,7 @@ KINDS = ("gpt", "bert", "seq2seq")  # what `train --model` builds; `finetune` bu
 # defaults sized so that with no flags `train` takes about 30 s (gpt) or 20 s (bert, seq2seq) on 2
 # idle cores (measured; a busy machine takes several times longer)
 MODEL_DEFAULTS = {
-    "gpt": dict(block_size=64, n_layer=4, n_head=4, d_model=128, dropout=0.0, pos="learned"),
+    "gpt": dict(block_size=64, n_layer=4, n_head=4, d_model=128, dropout=0.0),
     # a short context: BERT's masked-LM loss sits at the unigram level until attention learns to
     # read the neighbours, which at T=16 happens within ~500 steps and at T=32 only after ~1000
     "bert": dict(block_size=16, n_layer=2, n_head=4, d_model=64, dropout=0.0),
@@ -54,27 +55,44 @@ TRAIN_DEFAULTS = {
 NUMBERS = dict(n_train=10_000, n_val=500, max_number=10**6, seed=0, val_seed=1)
 SPLIT_SEED = 0  # the random train/val split of a TSV file's pairs
 # train flags that only some kinds take (every other model/training flag applies to all)
-ONLY_FOR = {"tokenizer": ("gpt",), "vocab_size": ("gpt",), "pos": ("gpt",), "no_bias": ("gpt",),
+# the GPT's architecture: --arch picks a preset (model.ARCHS), these flags override its switches
+GPT_SWITCHES = ("pos", "norm", "mlp", "n_kv_head", "d_ff", "rope_theta", "bias", "tie_embeddings", "qk_norm")
+ONLY_FOR = {"tokenizer": ("gpt",), "vocab_size": ("gpt",), "arch": ("gpt",), **{d: ("gpt",) for d in GPT_SWITCHES},
             "label_smoothing": ("seq2seq",)}
 # model flag -> the key of the checkpoint's config it must match on --resume
 CONFIG_KEYS = {
     "gpt": dict(block_size="block_size", n_layer="n_layer", n_head="n_head", d_model="d_model", dropout="dropout",
-                pos="pos", no_bias="bias", vocab_size="vocab_size"),
+                vocab_size="vocab_size", **{d: d for d in GPT_SWITCHES}),
     "bert": dict(block_size="block_size", n_layer="n_layer", n_head="n_head", d_model="d_model", dropout="dropout"),
     "seq2seq": dict(block_size="max_len", n_layer="n_enc_layer", n_head="n_head", d_model="d_model",
                     dropout="dropout", label_smoothing="label_smoothing"),
 }
 CONFIG_KEYS["classifier"] = CONFIG_KEYS["gpt"]  # checked against the GPT body's config
+ARCH_KEYS = ("pos", "norm", "mlp", "n_kv_head", "bias", "tie_embeddings")  # what an --arch preset sets
 
 
 def flag(dest):
     return "--" + dest.replace("_", "-")
 
 
+@contextlib.contextmanager
+def config_errors_name_flags(kind):
+    """A model config's ValueError "field: ..." re-raised as "--flag: ..." for the flag that set
+    the field (the config validates; the user typed a flag)."""
+    try:
+        yield
+    except ValueError as e:
+        field, sep, rest = str(e).partition(":")
+        dest = {key: dest for dest, key in CONFIG_KEYS[kind].items()}.get(field)
+        if not sep or dest is None:
+            raise
+        raise ValueError(f"{flag(dest)}:{rest}") from None
+
+
 def reject_flags(args, dests, where):
     """ValueError naming the first flag of `dests` that was given: it does not apply to `where`."""
     for d in dests:
-        if getattr(args, d, None) not in (None, False):
+        if getattr(args, d, None) is not None:
             raise ValueError(f"{flag(d)}: does not apply to {where}")
 
 
@@ -289,10 +307,15 @@ def new_run(kind, args, seed):
         run = text_run(kind, meta)
         V = run.tokenizer.vocab_size
         if kind == "gpt":
-            model = GPT(GPTConfig(vocab_size=V, block_size=T, bias=not args.no_bias, backend=args.backend, **vals), seed=seed)
+            switches = {d: getattr(args, d) for d in GPT_SWITCHES if getattr(args, d) is not None}
+            with config_errors_name_flags("gpt"):
+                cfg = GPTConfig.preset(args.arch or "gpt2", vocab_size=V, block_size=T, backend=args.backend, **vals, **switches)
+            model = GPT(cfg, seed=seed)
             run.stream.check_block_size(T)
         else:
-            model = BERT(BERTConfig(vocab_size=V, block_size=T, backend=args.backend, **vals), seed=seed)
+            with config_errors_name_flags("bert"):
+                cfg = BERTConfig(vocab_size=V, block_size=T, backend=args.backend, **vals)
+            model = BERT(cfg, seed=seed)
             run.task = masked_task(run, T)
         return model, run
     run = pairs_run(pairs_meta(args.data, args.val_fraction))
@@ -306,8 +329,9 @@ def new_run(kind, args, seed):
     if not 0.0 <= ls < 1.0:
         raise ValueError(f"--label-smoothing: expected a value in [0, 1), got {ls}")
     L = vals.pop("n_layer")
-    cfg = Seq2SeqConfig(vocab_size=len(run.tokenizer), max_len=T, n_enc_layer=L, n_dec_layer=L, label_smoothing=ls,
-                        backend=args.backend, **vals)
+    with config_errors_name_flags("seq2seq"):
+        cfg = Seq2SeqConfig(vocab_size=len(run.tokenizer), max_len=T, n_enc_layer=L, n_dec_layer=L, label_smoothing=ls,
+                            backend=args.backend, **vals)
     return Seq2Seq(cfg, seed=seed), run
 
 
@@ -316,13 +340,18 @@ def check_resume_flags(args, kind, sidecar, out_dir):
     meta; a flag the kind does not take is an error."""
     cfg = sidecar["config"]["gpt"] if kind == "classifier" else sidecar["config"]
     meta = (sidecar.get("meta") or {}).get("data") or {}
-    for dest, key in CONFIG_KEYS[kind].items():
-        given = getattr(args, dest)
-        if given in (None, False):
+    given_flags = [(dest, key, getattr(args, dest)) for dest, key in CONFIG_KEYS[kind].items()]
+    if kind in ("gpt", "classifier"):
+        from .model import GPTConfig
+
+        cfg = GPTConfig.from_dict(cfg).to_dict()  # a checkpoint older than a switch has its default
+    if kind in ("gpt", "classifier") and getattr(args, "arch", None) is not None:
+        preset = GPTConfig.preset(args.arch, n_head=cfg.get("n_head", 4)).to_dict()  # its switches, resolved
+        given_flags += [("arch", key, preset[key]) for key in GPT_SWITCHES if key in ARCH_KEYS]
+    for dest, key, given in given_flags:
+        if given is None:
             continue
         have = cfg.get(key)
-        if dest == "no_bias":
-            given, have = False, cfg.get("bias")
         if given != have or (kind == "seq2seq" and dest == "n_layer" and given != cfg.get("n_dec_layer")):
             raise ValueError(f"{flag(dest)}: cannot change the model when resuming "
                              f"(the checkpoint in {out_dir} has {have!r}, got {given!r})")
@@ -355,8 +384,11 @@ def describe(run, model, tcfg):
     if run.kind == "bert":
         return data, (f"model: BERT, {n:,} parameters (L={c.n_layer}, NH={c.n_head}, C={c.d_model}, T={c.block_size}, "
                       f"backend {be}); {steps}x{c.block_size} tokens, 15% masked")
-    return data, (f"model: {n:,} parameters (L={c.n_layer}, NH={c.n_head}, C={c.d_model}, T={c.block_size}, "
-                  f"{c.pos} positions, backend {be}); {steps}x{c.block_size} tokens")
+    arch = (f"{c.norm}, {c.pos} positions, {c.mlp}" + (f", NKV={c.n_kv_head}" if c.n_kv_head != c.n_head else "")
+            + ("" if c.tie_embeddings else ", untied head") + (", QK-norm" if c.qk_norm else "")
+            + ("" if c.bias else ", no biases"))
+    return data, (f"model: {n:,} parameters (L={c.n_layer}, NH={c.n_head}, C={c.d_model}, T={c.block_size}; "
+                  f"{arch}; backend {be}); {steps}x{c.block_size} tokens")
 
 
 # ----------------------------------------------------------------------------- end of a train run

@@ -47,7 +47,8 @@ def test_help_lists_every_flag(capsys):
                   "--no-bias", "--pos", "--batch-size", "--max-steps", "--lr", "--min-lr", "--warmup",
                   "--weight-decay", "--grad-clip", "--eval-interval", "--eval-iters", "--out", "--resume", "--seed",
                   "--backend", "--sample-tokens", "--val-fraction", "DATA", "--model", "--label-smoothing",
-                  "--beta1", "--beta2", "--eps", "--stop-after", "numbers"],
+                  "--beta1", "--beta2", "--eps", "--stop-after", "numbers", "--arch", "--norm", "--mlp",
+                  "--n-kv-head", "--d-ff", "--rope-theta", "--bias", "--tie-embeddings", "--qk-norm"],
         "finetune": ["CHECKPOINT", "DATA", "--out", "--pool", "--train-blocks", "--test-fraction",
                      "--val-fraction", "--split-seed", "--batch-size", "--max-steps", "--lr", "--warmup",
                      "--beta1", "--beta2", "--eps", "--stop-after", "--seed", "--backend", "--no-progress"],
@@ -108,7 +109,7 @@ def test_resume_continues_and_refuses_a_different_model(trained, corpus, capsys)
     (["train", "--resume", "--out", "{tmp}/nothing"], "no such checkpoint directory"),
     (["generate", "--checkpoint", "{tmp}/nothing"], "no such checkpoint directory"),
     (["eval", "--checkpoint", "{tmp}", "{tmp}/small.txt"], "not a checkpoint directory"),
-    (["train", "{tmp}/small.txt", "--n-head", "3", "--d-model", "16"], "n_head: expected a divisor"),
+    (["train", "{tmp}/small.txt", "--n-head", "3", "--d-model", "16"], "--n-head: expected a divisor"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, capsys, argv, match):
     (tmp_path / "empty.txt").write_bytes(b"")
@@ -296,6 +297,58 @@ def test_adamw_flags_reach_the_optimiser(corpus, tmp_path, capsys):
     assert sc["optimizer"]["hparams"]["betas"] == [0.8, 0.95] and sc["optimizer"]["hparams"]["eps"] == 1e-6
 
 
+# ----------------------------------------------------------------------------- --arch llama
+
+
+def test_arch_llama_trains_generates_and_evals_and_flags_override_it(corpus, tmp_path, capsys):
+    out = tmp_path / "llama"
+    code, stdout, err = run(["train", str(corpus), *TINY, "--n-head", "4", "--max-steps", "6", "--arch", "llama",
+                             "--out", str(out), "--sample-tokens", "20"], capsys)
+    assert code == 0, err
+    assert "rmsnorm, rope positions, swiglu, NKV=2, untied head, no biases" in stdout
+    cfg = json.loads((out / "checkpoint.json").read_text())["config"]
+    assert {k: cfg[k] for k in ("norm", "pos", "mlp", "n_kv_head", "bias", "tie_embeddings", "d_ff")} == dict(
+        norm="rmsnorm", pos="rope", mlp="swiglu", n_kv_head=2, bias=False, tie_embeddings=False, d_ff=48)
+    code, stdout, err = run(["generate", "--checkpoint", str(out), "--max-new-tokens", "8", "--seed", "0"], capsys)
+    assert code == 0 and stdout.strip(), err
+    code, stdout, err = run(["eval", str(corpus), "--checkpoint", str(out)], capsys)
+    assert code == 0 and "perplexity" in stdout, err
+    # flags override the preset's switches; --no-bias / --bias both exist
+    out2 = tmp_path / "mixed"
+    assert main(["train", str(corpus), *TINY, "--max-steps", "1", "--arch", "llama", "--n-kv-head", "1", "--bias",
+                 "--tie-embeddings", "--qk-norm", "--rope-theta", "500", "--mlp", "gelu", "--out", str(out2),
+                 "--sample-tokens", "0"]) == 0
+    cfg = json.loads((out2 / "checkpoint.json").read_text())["config"]
+    assert (cfg["n_kv_head"], cfg["bias"], cfg["tie_embeddings"], cfg["qk_norm"], cfg["rope_theta"], cfg["mlp"]) == (
+        1, True, True, True, 500.0, "gelu")
+    capsys.readouterr()
+    # resuming checks --arch and every switch against the checkpoint
+    for flags, match in ((["--arch", "gpt2"], "--arch: cannot change"), (["--qk-norm"], "--qk-norm: cannot change"),
+                         (["--bias"], "--bias: cannot change"), (["--n-kv-head", "1"], "--n-kv-head: cannot change")):
+        code, _, err = run(["train", "--resume", "--out", str(out), "--max-steps", "8", *flags], capsys)
+        assert code == 1 and err.startswith(f"error: {match}"), (flags, err)
+    code, _, err = run(["train", "--resume", "--out", str(out), "--max-steps", "7", "--arch", "llama",
+                        "--no-progress", "--sample-tokens", "0"], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--n-kv-head", "3"], "--n-kv-head: expected a divisor of n_head=4, got 3"),
+    (["--rope-theta", "nan"], "--rope-theta: expected a finite number > 1, got nan"),
+    (["--pos", "rope", "--n-head", "8", "--d-model", "8"], "--pos: 'rope' needs an even head size"),
+    (["--model", "bert", "--arch", "llama"], "--arch: does not apply to --model bert"),
+    (["--model", "seq2seq", "--mlp", "swiglu"], "--mlp: does not apply to --model seq2seq"),
+    (["--model", "bert", "--no-bias"], "--bias: does not apply to --model bert"),
+    (["--arch", "mamba"], "invalid choice"),
+])
+def test_bad_architecture_flags_are_one_clear_error(tmp_path, capsys, argv, match):
+    try:
+        code, _, err = run(["train", *argv, "--out", str(tmp_path / "run"), "--no-progress"], capsys)
+    except SystemExit as e:  # argparse's own usage error
+        code, err = e.code, capsys.readouterr().err
+    assert code != 0 and match in err and "Traceback" not in err and not (tmp_path / "run").exists()
+
+
 # ----------------------------------------------------------------------------- finetune
 
 
@@ -356,10 +409,12 @@ def _losses(out):
     return json.loads((out / "checkpoint.json").read_text())["meta"]["history"]["loss"]
 
 
-@pytest.mark.parametrize("kind", ["gpt", "bert", "seq2seq", "classifier"])
+@pytest.mark.parametrize("kind", ["gpt", "llama", "bert", "seq2seq", "classifier"])
 def test_stop_after_then_resume_is_bit_identical(kind, corpus, pairs_tsv, reviews, tmp_path, capsys):
     """30 steps straight == 20 steps (--stop-after) + --resume to 30: the same evaluation lines and
     the same per-step training losses, bit for bit (dropout on, so the RNG state matters)."""
+    arch = ["--arch", "llama"] if kind == "llama" else []
+    kind = "gpt" if kind == "llama" else kind
     gpt = tmp_path / "gpt"
     if kind == "classifier":
         assert main(train_argv("gpt", corpus, gpt, "--max-steps", "3", "--sample-tokens", "0")) == 0
@@ -371,7 +426,7 @@ def test_stop_after_then_resume_is_bit_identical(kind, corpus, pairs_tsv, review
                     "--no-progress"]
         else:
             argv = train_argv(kind, pairs_tsv if kind == "seq2seq" else corpus, out, "--dropout", "0.1",
-                              "--sample-tokens", "0")
+                              "--sample-tokens", "0", *arch)
         code, stdout, err = run(argv + ["--max-steps", "30", "--eval-interval", "10", *extra], capsys)
         assert code == 0, err
         return stdout

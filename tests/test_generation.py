@@ -32,9 +32,13 @@ def small_model(dtype=np.float64, seed=0, **kw):
 # ----------------------------------------------------------------------------- KV cache
 
 
-@pytest.mark.parametrize("pos", ["learned", "sinusoidal"])
-def test_kv_cache_logits_equal_full_forward(pos, rng):
-    m = small_model(pos=pos)
+LLAMA = dict(norm="rmsnorm", pos="rope", mlp="swiglu", n_kv_head=1, bias=False, tie_embeddings=False)
+
+
+@pytest.mark.parametrize("kw", [dict(pos="learned"), dict(pos="sinusoidal"), LLAMA, {**LLAMA, "qk_norm": True}],
+                         ids=["learned", "sinusoidal", "llama", "llama-qk-norm"])
+def test_kv_cache_logits_equal_full_forward(kw, rng):
+    m = small_model(**kw)
     ids = rng.integers(0, 13, size=(3, 10))
     full, _ = m.forward(ids)  # (B, T, V)
     cache = KVCache(m.config.n_layer)
@@ -47,10 +51,11 @@ def test_kv_cache_logits_equal_full_forward(pos, rng):
         m.forward(ids[:, :1], kv_cache=cache)
 
 
+@pytest.mark.parametrize("arch", [{}, LLAMA], ids=["gpt2", "llama"])
 @pytest.mark.parametrize("sampling", [dict(temperature=0), dict(temperature=1.0, seed=3),
                                       dict(temperature=0.7, top_k=5, top_p=0.9, seed=4)])
-def test_cached_and_uncached_generation_agree_past_the_block(sampling):
-    m = small_model()
+def test_cached_and_uncached_generation_agree_past_the_block(sampling, arch):
+    m = small_model(**arch)
     prompt = np.array([1, 2, 3])
     n = 25  # well past block_size=10: the window slides and the cache is rebuilt
     a = generate_ids(m, prompt, n, use_cache=True, num_return_sequences=2, **sampling)

@@ -1,18 +1,26 @@
-"""Loading GPT-2 checkpoints in Hugging Face format into our NumPy `GPT` and `BPETokenizer`.
+"""Loading checkpoints in Hugging Face format into our NumPy `GPT` and `BPETokenizer`: GPT-2 here,
+Llama / Mistral / Qwen2 through hf_llama.py, the tokenizer files through hf_tokenizer.py.
 
-    model = from_pretrained("tests/fixtures/tiny-gpt2")    # ~ GPT2LMHeadModel.from_pretrained
+    model = from_pretrained("tests/fixtures/tiny-gpt2")    # ~ AutoModelForCausalLM.from_pretrained
     tok = tokenizer_from_pretrained("tests/fixtures/tiny-gpt2")  # ~ AutoTokenizer.from_pretrained
+    model = from_pretrained("tests/fixtures/tiny-llama")   # config.json's model_type picks the mapping
     model = from_pretrained("gpt2")    # a hub name: downloads with huggingface_hub if it can
 
-A Hugging Face GPT-2 directory holds:
-    config.json        hyper-parameters (n_embd, n_layer, ...)            -> `GPTConfig`
+A Hugging Face checkpoint directory holds:
+    config.json        hyper-parameters (GPT-2: n_embd, n_layer, ...; Llama: hidden_size, ...) -> `GPTConfig`
     model.safetensors  the weights by name ("transformer.h.0.attn.c_attn.weight", ...) -> `GPT.p`
-    vocab.json         {token as a byte-to-unicode string: id}            -> `BPETokenizer` ranks
-    merges.txt         the merges in the order they were learned
-(plus generation_config.json, tokenizer.json, ..., which we do not need.)
+                       (or model.safetensors.index.json + model-0000k-of-0000n.safetensors shards)
+    vocab.json         GPT-2: {token as a byte-to-unicode string: id}     -> `BPETokenizer` ranks
+    merges.txt         GPT-2: the merges in the order they were learned
+    tokenizer.json     Llama 3, Qwen2 (and GPT-2 on the hub): vocab, merges, split regex, special
+                       tokens in one file; preferred over vocab.json + merges.txt when both are there
+    generation_config.json   end-of-text id(s) and sampling defaults (`generation_config`)
 
-Weights map one to one. GPT-2's `Conv1D` stores a linear layer's weight as (C_in, C_out) and
-computes x @ W + b, exactly our layout, so nothing is transposed:
+model_type "gpt2" is mapped below; "llama", "mistral" and "qwen2" in hf_llama.py (RMSNorm, RoPE,
+SwiGLU, grouped-query attention, nn.Linear's (out, in) weights transposed to our (in, out)).
+
+GPT-2's weights map one to one. GPT-2's `Conv1D` stores a linear layer's weight as (C_in, C_out)
+and computes x @ W + b, exactly our layout, so nothing is transposed:
 
     HF name (prefix "transformer." optional)     ours                    shape
     wte.weight                                   wte                     (V, C)
@@ -27,20 +35,12 @@ computes x @ W + b, exactly our layout, so nothing is transposed:
     lm_head.weight (often absent)                tied to wte: checked equal, not stored
     h.{i}.attn.bias, h.{i}.attn.masked_bias      causal-mask buffers of old checkpoints: skipped
 
-The tokenizer: GPT-2's BPE works on bytes, but vocab.json must be text, so every byte is shown
-as a printable Unicode character (`bytes_to_unicode`: printable bytes stand for themselves, the
-other 68, such as space and newline, are shifted to U+0100 and up: space is "Ġ", newline "Ċ").
-We undo that mapping to get each token's bytes, and give each token its vocab.json id as its
-rank. Our encoder (tiktoken's rule, see bpe.py) merges the pair whose result has the lowest
-rank; GPT-2's merges the pair that comes first in merges.txt. The two agree when the i-th merge
-makes a token whose id grows with i, which `load_gpt2_tokenizer` checks (GPT-2's own files and
-files trained by `tokenizers` are laid out so; tiktoken relies on the same fact).
-
 Dimension legend: V vocab, C channels (n_embd), L layers (n_layer).
 
 Does not: load pickle checkpoints (pytorch_model.bin: unpickling runs arbitrary code, so we read
-safetensors only), load architectures other than GPT-2 (no GPT-Neo, Llama, ...), keep an untied
-LM head, or write checkpoints back in Hugging Face format.
+safetensors only), load architectures other than GPT-2, Llama, Mistral and Qwen2 (no GPT-Neo,
+Gemma, Phi, mixtures of experts, ...), keep an untied LM head for GPT-2, or write checkpoints back
+in Hugging Face format.
 """
 import json
 import os
@@ -49,14 +49,15 @@ from pathlib import Path
 
 import numpy as np
 
+from . import hf_llama, hf_tokenizer
+from .hf_tokenizer import MERGES_FILE, TOKENIZER_FILE, VOCAB_FILE, read_json
+# re-exported, so that hf.bytes_to_unicode etc. keep working: the tokenizer files live in hf_tokenizer.py
+from .hf_tokenizer import bytes_to_unicode, load_gpt2_tokenizer, load_tokenizer_json  # noqa: F401
 from .model import GPT, GPTConfig
-from .tokenizer import BPETokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"  # a checkpoint split into shards
-VOCAB_FILE = "vocab.json"
-MERGES_FILE = "merges.txt"
 GENERATION_CONFIG_FILE = "generation_config.json"
 # weights in formats we do not read, and why
 OTHER_WEIGHTS = {
@@ -65,8 +66,8 @@ OTHER_WEIGHTS = {
     "tf_model.h5": "TensorFlow's format",
     "flax_model.msgpack": "Flax's format",
 }
-NEEDED_FILES = (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, MERGES_FILE)
-EOT = "<|endoftext|>"
+NEEDED_FILES = (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, MERGES_FILE)  # GPT-2's; Llama 3 / Qwen2: tokenizer.json
+MODEL_TYPES = ("gpt2",) + hf_llama.MODEL_TYPES
 
 # GPT2Config's defaults, used for keys a config.json leaves out (as transformers does)
 HF_DEFAULTS = dict(
@@ -120,6 +121,8 @@ def _download_help(name, reason, installed=True):
         f"{name!r} is not a local directory, and it could not be downloaded from the Hugging Face hub "
         f"({reason}).\nDownload these files from https://huggingface.co/{repo}/tree/main :\n"
         f"    {', '.join(NEEDED_FILES)}\n"
+        f"    (or {TOKENIZER_FILE} instead of {VOCAB_FILE} + {MERGES_FILE}, for Llama 3, Qwen2, ...; "
+        f"a sharded checkpoint has {WEIGHTS_INDEX_FILE} and model-*.safetensors instead of {WEIGHTS_FILE})\n"
         f"put them in one directory, e.g. {local}/, and pass that path instead: from_pretrained('{local}').\n{how}"
     )
 
@@ -129,7 +132,7 @@ def _download(name, cache_dir=None, revision=None):
         import huggingface_hub
     except ImportError:
         raise ValueError(_download_help(name, "huggingface_hub is not installed", installed=False)) from None
-    patterns = [CONFIG_FILE, GENERATION_CONFIG_FILE, "model*.safetensors*", VOCAB_FILE, MERGES_FILE]
+    patterns = [CONFIG_FILE, GENERATION_CONFIG_FILE, "model*.safetensors*", VOCAB_FILE, MERGES_FILE, TOKENIZER_FILE]
     try:
         local = huggingface_hub.snapshot_download(name, revision=revision, cache_dir=cache_dir, allow_patterns=patterns)
     except Exception as e:  # offline, unknown repo, gated repo, ...: huggingface_hub has many error types
@@ -138,20 +141,6 @@ def _download(name, cache_dir=None, revision=None):
 
 
 # ----------------------------------------------------------------------------- config
-
-
-def read_json(path):
-    """A JSON object from `path`, or a ValueError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: missing")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return obj
 
 
 def config_from_hf(hf_config, source=CONFIG_FILE, backend=None):
@@ -163,7 +152,8 @@ def config_from_hf(hf_config, source=CONFIG_FILE, backend=None):
     """
     mt = hf_config.get("model_type")
     if mt != "gpt2":
-        raise ValueError(f"{source}: model_type: expected 'gpt2' (only GPT-2 checkpoints can be loaded), got {mt!r}")
+        raise ValueError(f"{source}: model_type: expected one of {MODEL_TYPES} (the architectures we load; "
+                         f"this function reads 'gpt2'), got {mt!r}")
     c = {**HF_DEFAULTS, **{k: v for k, v in hf_config.items() if v is not None or k == "n_inner"}}
     if c["activation_function"] not in TANH_GELUS:
         raise ValueError(f"{source}: activation_function: expected one of {TANH_GELUS} (GELU, tanh "
@@ -313,36 +303,52 @@ def _weight_files(d):
             f"{d}: found {others[0]} but no {WEIGHTS_FILE}. Only safetensors checkpoints are loaded: "
             f"{others[0]} is {OTHER_WEIGHTS[others[0]]}. Convert it once where transformers and torch "
             f"are installed:\n"
-            f"    GPT2LMHeadModel.from_pretrained('{d}').save_pretrained('{d}', safe_serialization=True)\n"
-            f"or download model.safetensors, which the hub has for every GPT-2 size."
+            f"    AutoModelForCausalLM.from_pretrained('{d}').save_pretrained('{d}', safe_serialization=True)\n"
+            f"or download model.safetensors, which the hub has for every GPT-2 size and most newer models."
         )
     raise ValueError(f"{d}: missing {WEIGHTS_FILE} (found: {sorted(p.name for p in d.iterdir()) or 'nothing'})")
 
 
+def read_weights(d):
+    """{name: float array} from all the safetensors file(s) of checkpoint directory d."""
+    tensors = {}
+    for f in _weight_files(d):
+        tensors.update(read_safetensors(f))
+    return tensors
+
+
 def from_pretrained(name_or_path, *, dtype=np.float32, backend=None, cache_dir=None, revision=None):
-    """Load a Hugging Face GPT-2 (directory or hub name, see `resolve`) -> our GPT, ready to use.
+    """Load a Hugging Face GPT-2, Llama, Mistral or Qwen2 (directory or hub name, see `resolve`)
+    -> our GPT, ready to use. config.json's model_type picks the mapping (this module's for GPT-2,
+    hf_llama.py's for the others).
 
     dtype: the model's dtype (float32; float64 to compare or gradient-check). backend: as in
     GPTConfig ("numpy", "numba", None for the default).
     """
     d = resolve(name_or_path, cache_dir=cache_dir, revision=revision)
-    config = config_from_hf(read_json(d / CONFIG_FILE), d / CONFIG_FILE, backend=backend)
-    tensors = {}
-    for f in _weight_files(d):
-        tensors.update(read_safetensors(f))
-    ours = convert_state_dict(tensors, config, d / WEIGHTS_FILE)
+    hf_config = read_json(d / CONFIG_FILE)
+    if hf_config.get("model_type") in hf_llama.MODEL_TYPES:
+        config = hf_llama.config_from_llama(hf_config, d / CONFIG_FILE, backend=backend)
+        ours = hf_llama.convert_llama_state_dict(read_weights(d), config, d / WEIGHTS_FILE)
+        name_in_file = hf_llama.hf_name
+    else:
+        config = config_from_hf(hf_config, d / CONFIG_FILE, backend=backend)
+        ours = convert_state_dict(read_weights(d), config, d / WEIGHTS_FILE)
+        name_in_file = hf_name
     model = GPT(config, dtype=dtype)
     model.load_state_dict(ours, source=str(d / WEIGHTS_FILE))  # copies, casting to dtype
     bad = [n for n, v in model.p.items() if not np.isfinite(v).all()]
     if bad:
-        raise ValueError(f"{d / WEIGHTS_FILE}: tensor {hf_name(bad[0])!r} contains NaN or inf values")
+        raise ValueError(f"{d / WEIGHTS_FILE}: tensor {name_in_file(bad[0])!r} contains NaN or inf values")
     return model
 
 
 def generation_config(name_or_path):
     """The generation defaults stored with a checkpoint (generation_config.json, else the ids in
-    config.json): a dict with eos_token_id and any of max_length, max_new_tokens, do_sample,
-    temperature, top_k, top_p. A hub name is resolved as in `resolve`."""
+    config.json): a dict with eos_token_id, eos_token_ids and any of max_length, max_new_tokens,
+    do_sample, temperature, top_k, top_p. A checkpoint may list several end-of-text ids (Llama 3
+    Instruct: <|end_of_text|>, <|eom_id|>, <|eot_id|>): eos_token_ids has them all, eos_token_id the
+    first (None if there is none). A hub name is resolved as in `resolve`."""
     d = resolve(name_or_path)
     out = {}
     if (d / CONFIG_FILE).is_file():
@@ -352,99 +358,23 @@ def generation_config(name_or_path):
         keys = ("eos_token_id", "max_length", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p")
         out.update({k: g[k] for k in keys if k in g})
     eos = out.get("eos_token_id")
-    if isinstance(eos, list):  # some configs list several; we stop on the first
-        out["eos_token_id"] = eos[0] if eos else None
+    out["eos_token_ids"] = [] if eos is None else list(eos) if isinstance(eos, list) else [eos]
+    out["eos_token_id"] = out["eos_token_ids"][0] if out["eos_token_ids"] else None
     return out
 
 
 # ----------------------------------------------------------------------------- tokenizer
 
 
-def bytes_to_unicode():
-    """GPT-2's map {byte: printable character} used to write byte tokens as text in vocab.json.
-
-    The 188 bytes that are printable and not whitespace ('!'..'~', '¡'..'¬', '®'..'ÿ') stand for
-    themselves; the other 68 (control characters, space, DEL, NBSP, soft hyphen, ...) are given
-    the characters U+0100, U+0101, ... in byte order, so space (32) becomes 'Ġ' (U+0120) and
-    newline (10) becomes 'Ċ' (U+010A). A bijection: every token is a distinct printable string.
-    """
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    out, n = {b: chr(b) for b in keep}, 0
-    for b in range(256):
-        if b not in out:
-            out[b] = chr(256 + n)
-            n += 1
-    return dict(sorted(out.items()))
-
-
-def load_gpt2_tokenizer(vocab_path, merges_path, special_tokens=(EOT,)):
-    """vocab.json + merges.txt (GPT-2 format) -> a BPETokenizer with GPT-2's ids and split pattern.
-
-    special_tokens: vocab entries that are special (encoded only when allowed, never by BPE);
-    those not in vocab.json are ignored. Every other vocab entry must be one byte or made by a
-    merge, and merge i must make a token whose id is larger than merge i-1's (see module
-    docstring): otherwise a ValueError says which line breaks it.
-    """
-    vocab_path, merges_path = Path(vocab_path), Path(merges_path)
-    vocab = read_json(vocab_path)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in vocab.values()):
-        raise ValueError(f"{vocab_path}: expected an object of token -> non-negative integer id")
-    if not merges_path.is_file():
-        raise ValueError(f"{merges_path}: missing")
-    try:
-        lines = merges_path.read_text(encoding="utf-8").split("\n")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{merges_path}: not UTF-8 text ({e})") from None
-    byte_of = {c: b for b, c in bytes_to_unicode().items()}
-
-    def to_bytes(token, where):
-        try:
-            return bytes(byte_of[c] for c in token)
-        except KeyError as e:
-            raise ValueError(f"{where}: token {token!r} has the character {e.args[0]!r}, which is not "
-                             f"in GPT-2's byte-to-unicode alphabet") from None
-
-    special = {t: vocab[t] for t in special_tokens if t in vocab}
-    ranks = {}
-    for token, idx in vocab.items():
-        if token not in special:
-            ranks[to_bytes(token, vocab_path)] = idx
-    # merges.txt: an optional "#version" line, then "left right" per line, in the order learned
-    last, made = -1, set()
-    for lineno, line in enumerate(lines, 1):
-        line = line.rstrip("\r")
-        if not line or (lineno == 1 and line.startswith("#version")):
-            continue
-        parts = line.split(" ")
-        if len(parts) != 2 or not all(parts):
-            raise ValueError(f"{merges_path}: line {lineno}: expected 'left right', got {line[:80]!r}")
-        merged = parts[0] + parts[1]
-        if merged not in vocab or any(p not in vocab for p in parts):
-            raise ValueError(f"{merges_path}: line {lineno}: merge {line!r} uses or makes a token that "
-                             f"is not in {vocab_path.name}")
-        idx = vocab[merged]
-        if idx in made:
-            continue  # the same token made by a second pair: it keeps its first (lower) rank
-        if idx <= last:
-            raise ValueError(f"{merges_path}: line {lineno}: merge {line!r} makes id {idx}, lower than "
-                             f"the previous merge's {last}; our tokenizer applies merges in id order, so "
-                             f"it needs ids that grow with the merge order (as GPT-2's do)")
-        last = idx
-        made.add(idx)
-    singles = {i for t, i in ranks.items() if len(t) == 1}
-    unreachable = sorted(set(ranks.values()) - singles - made)
-    if unreachable:
-        inv = {i: t for t, i in vocab.items()}
-        raise ValueError(f"{vocab_path}: token {inv[unreachable[0]]!r} (id {unreachable[0]}) is neither a "
-                         f"single byte nor made by a merge in {merges_path.name}; if it is a special token, "
-                         f"pass it in special_tokens")
-    try:
-        return BPETokenizer(ranks, pattern="gpt2", special_tokens=special)
-    except ValueError as e:
-        raise ValueError(f"{vocab_path}: {e}") from None
-
-
 def tokenizer_from_pretrained(name_or_path, *, cache_dir=None, revision=None):
-    """GPT-2's tokenizer from a checkpoint directory or hub name (vocab.json + merges.txt)."""
-    d = resolve(name_or_path, cache_dir=cache_dir, revision=revision)
-    return load_gpt2_tokenizer(d / VOCAB_FILE, d / MERGES_FILE)
+    """The tokenizer of a checkpoint directory or hub name -> BPETokenizer: tokenizer.json if the
+    directory has one (GPT-2, Llama 3, Qwen2, ...), else GPT-2's vocab.json + merges.txt (see
+    hf_tokenizer.py for what is supported). `encode` does not add the BOS that Llama 3's
+    tokenizer.json adds: `prefix_ids` gives it."""
+    return hf_tokenizer.load_tokenizer_dir(resolve(name_or_path, cache_dir=cache_dir, revision=revision))
+
+
+def prefix_ids(name_or_path):
+    """The ids a checkpoint's tokenizer puts before every text (its tokenizer.json post-processor:
+    Llama 3's <|begin_of_text|>), [] for none (GPT-2, Qwen2). `pipeline` puts them before prompts."""
+    return hf_tokenizer.prefix_ids(resolve(name_or_path))

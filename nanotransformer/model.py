@@ -1,19 +1,27 @@
-"""A decoder-only GPT (GPT-2 architecture), assembled from the forward/backward pairs of
-`layers.py` and `attention.py`, with every parameter and gradient in one flat buffer.
+"""A decoder-only GPT — GPT-2's block by default, Llama's with the switches — assembled from the
+forward/backward pairs of `layers.py` and `attention.py`, with every parameter and gradient in one
+flat buffer.
 
     model = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, d_model=128))
+    model = GPT(GPTConfig.preset("llama", vocab_size=65, ...))   # RMSNorm, RoPE, SwiGLU, GQA
     logits, loss = model.forward(ids, targets)      # ids, targets: (B, T) int
     model.backward()                                # fills model.grads (every parameter)
     model.p["h.0.attn.c_attn.w"]                    # a named view into model.params
     model.g["h.0.attn.c_attn.w"]                    # ... and into model.grads
 
-The network (pre-LN, as GPT-2):
+The network (pre-norm, as GPT-2 and Llama):
 
-    x = wte[ids] + wpe[pos]                         # token + position embeddings (B, T, C)
+    x = wte[ids] (+ wpe[pos])                       # token (+ learned position) embeddings (B, T, C)
     for each of the L blocks:
-        x = x + attn(ln_1(x))                       # causal multi-head self-attention
-        x = x + mlp(ln_2(x))                        # C -> 4C -> GELU -> C
-    logits = ln_f(x) @ wte^T                        # LM head tied to the token embedding (B, T, V)
+        x = x + attn(norm_1(x))                     # causal multi-head self-attention
+        x = x + mlp(norm_2(x))                      # C -> 4C -> GELU -> C, or SwiGLU
+    logits = norm_f(x) @ wte^T                      # LM head tied to the token embedding (B, T, V)
+
+The switches (`GPTConfig`): norm "layernorm" | "rmsnorm"; pos "learned" | "sinusoidal" | "rope"
+(rotary: no position table, q and k are rotated inside attention); mlp "gelu" | "swiglu";
+n_kv_head < n_head for grouped-query attention; tie_embeddings=False for an own head
+"lm_head.w" (C, V); qk_norm; bias / qkv_bias. `GPTConfig.preset("llama")` sets Llama's
+(`ARCHS`); the defaults are GPT-2's.
 
 Flat buffer (llm.c, `params.ParamStore`): `model.params` is one 1-D array; each named
 parameter is a reshaped slice of it (a view, so writing `model.p[name]` writes `model.params`). `model.grads` has the
@@ -23,13 +31,13 @@ weight decay applies to. Names mirror GPT-2's (wte, wpe, h.{i}.ln_1.w, h.{i}.att
 ...), and weights are stored (C_in, C_out) like GPT-2's Conv1D, so the forward reads x @ w + b.
 
 The model is the three pieces of `block.py` that every model shares: the embedding front end,
-a stack of L of the one transformer block (causal, pre-LN) and the tied head; the parameters
-live in one `params.ParamStore`. The hot ops (linear, attention, layernorm, gelu,
-cross-entropy) come from `backend.get_ops(config.backend)`, so the Numba kernels replace the
+a stack of L of the one transformer block (causal, pre-norm) and the (tied or own) head; the parameters
+live in one `params.ParamStore`. The hot ops (linear, attention, layernorm, rmsnorm,
+rope, gelu, cross-entropy) come from `backend.get_ops(config.backend)`, so the Numba kernels replace the
 NumPy reference without touching this file.
 
-Dimension legend: B batch, T time, C channels (d_model), NH heads, hs head size (C / NH),
-V vocab, L layers.
+Dimension legend: B batch, T time, C channels (d_model), NH heads, NKV key/value heads, hs head
+size (C / NH), V vocab, L layers.
 
 Does not: implement dropout on the attention weights (only on the embeddings and on the output
 of each residual branch), mixed precision, or sliding-window attention past block_size (the
@@ -166,7 +174,7 @@ class KVCache:
         return sum(t.nbytes for t in self.k + self.v if t is not None)
 
     def append(self, i, k, v):
-        """Add layer i's new keys/values (B, NH, T_new, hs); return all of them (B, NH, T_seen, hs)."""
+        """Add layer i's new keys/values (B, NKV, T_new, hs); return all of them (B, NKV, T_seen, hs)."""
         if self.k[i] is not None:
             k = np.concatenate([self.k[i], k], axis=2)
             v = np.concatenate([self.v[i], v], axis=2)

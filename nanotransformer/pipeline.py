@@ -1,7 +1,7 @@
 """`pipeline("text-generation", model=...)`: the Hugging Face one-liner, running our NumPy GPT.
 
     from nanotransformer.pipeline import pipeline
-    pipe = pipeline("text-generation", model="tests/fixtures/tiny-gpt2")   # or "gpt2", see hf.py
+    pipe = pipeline("text-generation", model="tests/fixtures/tiny-gpt2")   # or "gpt2", or a Llama / Qwen2
     pipe("Alice was", max_new_tokens=20, do_sample=False)
     -> [{"generated_text": "Alice was ..."}]          # the prompt included, as transformers does
 
@@ -15,8 +15,11 @@ Arguments mean what they mean in transformers:
     return_full_text     False: only the new text
 plus `seed` (ours: transformers uses torch's global seed) to make sampling repeatable.
 Unset arguments come from the checkpoint's generation_config.json, else from transformers'
-text-generation defaults (`DEFAULTS`). Generation stops at the end-of-text token
-(eos_token_id from the checkpoint), which is not part of the returned text.
+text-generation defaults (`DEFAULTS`). Generation stops at an end-of-text token (the checkpoint's
+eos_token_id, which may list several, as Llama 3 Instruct's does), which is not part of the
+returned text. A tokenizer whose tokenizer.json adds tokens before every text (Llama 3's
+<|begin_of_text|>, `hf.prefix_ids`) gets them before the prompt, as transformers' tokenizer call
+does; our `BPETokenizer.encode` never adds them itself.
 
 The decoding itself is `generation.generate_ids` / `generation.beam_search_ids` (KV cache, sliding
 window past the block size); this module only translates the arguments and the output.
@@ -61,11 +64,14 @@ def pipeline(task, model=None, tokenizer=None, *, dtype=np.float32, backend=None
         model = hf.from_pretrained(path, dtype=dtype, backend=backend)
     else:
         raise ValueError(f"model: expected a checkpoint directory, a hub name or a GPT, got {type(model).__name__}")
+    prefix = ()
     if isinstance(tokenizer, str) or hasattr(tokenizer, "__fspath__"):
-        tokenizer = hf.tokenizer_from_pretrained(tokenizer)
+        tok_path = hf.resolve(tokenizer)
+        prefix = hf.prefix_ids(tok_path)  # Llama 3's BOS; a tokenizer object brings none
+        tokenizer = hf.tokenizer_from_pretrained(tok_path)
     if not (hasattr(tokenizer, "encode") and hasattr(tokenizer, "decode")):
         raise ValueError(f"tokenizer: expected an object with encode and decode, got {type(tokenizer).__name__}")
-    return TextGenerationPipeline(model, tokenizer, gen_config)
+    return TextGenerationPipeline(model, tokenizer, gen_config, prefix_ids=prefix)
 
 
 def _check_flag(name, value):
@@ -75,16 +81,23 @@ def _check_flag(name, value):
 
 class TextGenerationPipeline:
     """Callable: pipe(text or list of texts, **generation arguments) -> [{"generated_text": str}]
-    (a list of such lists for a list of texts). See the module docstring for the arguments."""
+    (a list of such lists for a list of texts). See the module docstring for the arguments.
 
-    def __init__(self, model, tokenizer, generation_config=None):
+    generation_config: as `hf.generation_config` returns (eos_token_id: an id, or eos_token_ids: a
+    list of them, to stop at). prefix_ids: ids put before every prompt (`hf.prefix_ids`).
+    """
+
+    def __init__(self, model, tokenizer, generation_config=None, prefix_ids=()):
         self.model = model
         self.tokenizer = tokenizer
         self.generation_config = {**DEFAULTS, **{k: v for k, v in (generation_config or {}).items() if v is not None}}
-        eos = self.generation_config.get("eos_token_id")
-        self.eos_token_id = int(eos) if eos is not None else None
+        eos = self.generation_config.get("eos_token_ids") or self.generation_config.get("eos_token_id")
+        eos = [] if eos is None else eos if isinstance(eos, (list, tuple)) else [eos]
+        self.eos_token_ids = [int(e) for e in eos]
+        self.eos_token_id = self.eos_token_ids[0] if self.eos_token_ids else None
+        self.prefix_ids = [int(i) for i in prefix_ids]
         specials = getattr(tokenizer, "special_tokens", {}) or {}
-        self._special_ids = set(specials.values()) | ({self.eos_token_id} if eos is not None else set())
+        self._special_ids = set(specials.values()) | set(self.eos_token_ids)
 
     def __repr__(self):
         c = self.model.config
@@ -109,13 +122,13 @@ class TextGenerationPipeline:
         top_k = g["top_k"] if top_k is None else top_k
         top_p = g["top_p"] if top_p is None else top_p
 
-        prompt_ids = np.asarray(self.tokenizer.encode(text_inputs), dtype=np.int64)
+        prompt_ids = np.asarray(self.prefix_ids + list(self.tokenizer.encode(text_inputs)), dtype=np.int64)
         if prompt_ids.size == 0:
             raise ValueError("text_inputs: expected a prompt of at least one token, got an empty prompt")
         T0 = min(len(prompt_ids), self.model.config.block_size)  # generate_ids crops longer prompts
         new = self._new_tokens(len(prompt_ids), max_length, max_new_tokens)
-        eos = self.eos_token_id
-        should_stop = None if eos is None else (lambda new_ids: len(new_ids) > 0 and new_ids[-1] == eos)
+        eos = set(self.eos_token_ids)
+        should_stop = (lambda new_ids: len(new_ids) > 0 and int(new_ids[-1]) in eos) if eos else None
 
         if not isinstance(num_beams, (int, np.integer)) or isinstance(num_beams, bool) or num_beams < 1:
             raise ValueError(f"num_beams: expected a positive integer, got {num_beams!r}")
@@ -141,8 +154,9 @@ class TextGenerationPipeline:
         out = []
         for row in rows:
             new_ids = [int(t) for t in row[T0:]]
-            if eos is not None and eos in new_ids:
-                new_ids = new_ids[: new_ids.index(eos)]  # what follows the end of text is not text
+            stop = next((k for k, t in enumerate(new_ids) if t in eos), None)
+            if stop is not None:
+                new_ids = new_ids[:stop]  # what follows the end of text is not text
             text = self.tokenizer.decode([t for t in new_ids if t not in self._special_ids])
             out.append({"generated_text": text_inputs + text if return_full_text else text})
         return out

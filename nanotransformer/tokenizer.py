@@ -11,7 +11,8 @@ Two tokenizers, the two the book needs:
 
 How `BPETokenizer.encode` turns text into ids:
     text -> split out the allowed special tokens (e.g. "<|endoftext|>"), each becomes one id
-         -> split the rest with a regex into chunks (words, numbers, punctuation, whitespace runs)
+         -> Unicode-normalise the rest, if the tokenizer has a normalizer (only "NFC", Qwen2's)
+         -> split it with a regex into chunks (words, numbers, punctuation, whitespace runs)
          -> UTF-8 bytes of each chunk -> merge bytes into tokens by rank (bpe.py) -> ids
 `decode` maps ids back to bytes, joins them and decodes UTF-8, with U+FFFD for invalid sequences
 (a single id can be half of a multi-byte character).
@@ -20,6 +21,7 @@ Files (`save`/`load`, and `load_tokenizer` for either kind) are small UTF-8 text
     nanotransformer-tokenizer 1 bpe          <- header: magic, format version, kind
     pattern: "'(?i:[sdmt]|ll|ve|re)|..."     <- "name: <JSON>" lines
     special_tokens: {"<|endoftext|>": 4095}
+    normalizer: "NFC"                        <- optional: only written when there is one
     ranks: 4095
     IQ== 0                                   <- "<base64 token bytes> <rank>", one per token:
     ...                                         the same lines as a tiktoken rank file
@@ -27,9 +29,9 @@ A char file has the fields unk_token and chars (the vocabulary in id order) inst
 
 Legend: V vocabulary size = largest id + 1, special tokens included.
 
-Does not: normalise Unicode (NFC/NFKC) or case, add BOS/EOS ids on its own, use GPT-2's
-byte-to-unicode remapping of the vocabulary (tokens are stored as raw bytes), or train on more
-text than fits in memory. The training and merging algorithms themselves live in bpe.py.
+Does not: normalise Unicode other than NFC (no NFKC, no lower-casing), add BOS/EOS ids on its
+own, use GPT-2's byte-to-unicode remapping of the vocabulary (tokens are stored as raw bytes), or
+train on more text than fits in memory. The training and merging algorithms themselves live in bpe.py.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ import binascii
 import gzip
 import json
 import numbers
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -61,6 +64,9 @@ GPT4_SPLIT_PATTERN = (
 )
 
 _NAMED_PATTERNS = {"gpt2": GPT2_SPLIT_PATTERN, "gpt4": GPT4_SPLIT_PATTERN}
+# Unicode normal forms a BPETokenizer can apply before splitting (Qwen2's tokenizer.json has NFC:
+# "e" + U+0301 COMBINING ACUTE becomes the one character "é", so both spellings get the same ids).
+NORMALIZERS = ("NFC",)
 _MAGIC, _VERSION = "nanotransformer-tokenizer", 1
 _RANK_LINE = "'<base64 token bytes> <rank>'"
 # Real text repeats its chunks (" the", ",", "\n"), so encode caches chunk -> ids; bounded so that
@@ -312,20 +318,26 @@ class BPETokenizer:
         custom regex should match every character: text that no match covers is dropped (as in
         tiktoken).
     special_tokens: dict[str, int], see register_special_tokens.
+    normalizer: None (default: the text is used as given) or "NFC": Unicode-normalise the text
+        before splitting it (not the special tokens, which are found in the text as given, as in
+        Hugging Face `tokenizers`). Decoding does not undo it: decode(encode(s)) is NFC(s).
 
     Attributes: ranks (dict[bytes, int]), vocab (dict[int, bytes], its inverse), pattern (regex
-    source or None), special_tokens (dict[str, int]), merges (list of (a, b, new_id) learned by
-    train(), in order; a record for inspection, empty after load, since ranks alone define the
-    tokenizer).
+    source or None), special_tokens (dict[str, int]), normalizer (None or "NFC"), merges (list of
+    (a, b, new_id) learned by train(), in order; a record for inspection, empty after load, since
+    ranks alone define the tokenizer).
     """
 
-    def __init__(self, ranks=None, pattern="gpt4", special_tokens=None):
+    def __init__(self, ranks=None, pattern="gpt4", special_tokens=None, normalizer=None):
         if ranks is None:
             ranks = {bytes([i]): i for i in range(256)}
-        self._setup(ranks, pattern, special_tokens or {})
+        self._setup(ranks, pattern, special_tokens or {}, normalizer)
 
-    def _setup(self, ranks, pattern, special_tokens):
-        """(Re)build all state from ranks: dict[bytes, int], pattern, special_tokens: dict[str, int]."""
+    def _setup(self, ranks, pattern, special_tokens, normalizer=None):
+        """(Re)build all state from ranks: dict[bytes, int], pattern, special_tokens: dict[str, int],
+        normalizer: None or "NFC"."""
+        if normalizer is not None and normalizer not in NORMALIZERS:
+            raise ValueError(f"normalizer: expected None or one of {NORMALIZERS}, got {normalizer!r}")
         if not isinstance(ranks, dict):
             raise ValueError(f"ranks: expected a dict of bytes -> int, got {type(ranks).__name__}")
         for t, r in ranks.items():
@@ -346,6 +358,7 @@ class BPETokenizer:
         self._table = None  # bpe.PairTable, built on the first encode
         self._cache = {}
         self.pattern, self._split_re = _resolve_pattern(pattern)
+        self.normalizer = normalizer
         self.special_tokens = {}
         self.register_special_tokens(special_tokens)
         self.merges = []
@@ -384,7 +397,7 @@ class BPETokenizer:
         verbose: print every merge.
         Returns self. Uses the Numba trainer (bpe.train_fast), whose merges are identical to the
         readable reference bpe.train_reference (tested). Warns, and ends with a smaller V, if the
-        text runs out of pairs to merge.
+        text runs out of pairs to merge. The trained tokenizer has no normalizer.
         """
         text = _as_text(text)
         if not text:
@@ -495,6 +508,8 @@ class BPETokenizer:
         return self._encode_ordinary(_as_text(text))
 
     def _encode_ordinary(self, text):
+        if self.normalizer is not None:
+            text = unicodedata.normalize(self.normalizer, text)
         chunks = self._split_re.findall(text) if self._split_re else [text] if text else []
         cache = self._cache
         missing = {c for c in chunks if c not in cache}
@@ -533,8 +548,10 @@ class BPETokenizer:
         """Write to a small text file (see the module docstring); its rank lines are tiktoken's."""
         lines = [_header_line("bpe"),
                  "pattern: " + json.dumps(self.pattern, ensure_ascii=False),
-                 "special_tokens: " + json.dumps(self.special_tokens, ensure_ascii=False),
-                 f"ranks: {len(self.ranks)}"]
+                 "special_tokens: " + json.dumps(self.special_tokens, ensure_ascii=False)]
+        if self.normalizer is not None:  # optional, so files without one read as before
+            lines.append("normalizer: " + json.dumps(self.normalizer))
+        lines.append(f"ranks: {len(self.ranks)}")
         lines += [f"{base64.b64encode(t).decode('ascii')} {r}" for r, t in sorted(self.vocab.items())]
         Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -547,12 +564,15 @@ class BPETokenizer:
         special = r.field("special_tokens", lambda v: isinstance(v, dict) and all(
             isinstance(i, int) and not isinstance(i, bool) for i in v.values()),
             "an object of token -> integer id")
+        normalizer = None
+        if r.more() and r.lines[r.lineno].startswith("normalizer: "):
+            normalizer = r.field("normalizer", lambda v: v in NORMALIZERS, f"one of {list(NORMALIZERS)}")
         count = r.field("ranks", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 256,
                         "the number of rank lines that follow (>= 256)")
         ranks = r.ranks(count)
         r.end()
         try:
-            return cls(ranks, pattern, special)
+            return cls(ranks, pattern, special, normalizer)
         except ValueError as e:
             raise ValueError(f"{r.path}: {e}") from None
 

@@ -302,7 +302,8 @@ def _truncate(d):
 BAD_MODEL = {
     "missing config.json": (lambda d: (d / "config.json").unlink(), r"config\.json: missing"),
     "config not JSON": (_write("config.json", "{oops"), r"config\.json: not valid JSON"),
-    "unknown model_type": (_set_config(model_type="llama"), r"model_type: expected 'gpt2' .*got 'llama'"),
+    "unknown model_type": (_set_config(model_type="gemma"), r"model_type: expected one of .*got 'gemma'"),
+    "GPT-2 keys labelled llama": (_set_config(model_type="llama"), r"model_type: expected 'gpt2' .*got 'llama'"),
     "other activation": (_set_config(activation_function="relu"), r"activation_function: .*got 'relu'"),
     "exact-erf gelu": (_set_config(activation_function="gelu"), r"activation_function: .*got 'gelu'"),
     "layer norm eps": (_set_config(layer_norm_epsilon=1e-6), r"layer_norm_epsilon: expected 1e-05"),

@@ -272,6 +272,54 @@ def _lcs_substring(a, b):  # broken: longest common *substring*
     return best
 
 
+# --- chapter 16
+
+
+def _rmsnorm_backward_no_mean_term(dout, cache):
+    xhat, w, rstd = cache
+    _, dw = L.rmsnorm_backward(dout, cache)
+    return rstd * (dout * w), dw  # forgets that rstd depends on x: drops -xhat * mean(dxhat * xhat)
+
+
+def _rmsnorm_backward_layernorm_form(dout, cache):
+    xhat, w, rstd = cache
+    _, dw = L.rmsnorm_backward(dout, cache)
+    g = dout * w
+    # layer norm's three terms: the mean term belongs to a forward that subtracts the mean
+    return rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True)), dw
+
+
+def _rmsnorm_backward_dw_from_x(dout, cache):
+    xhat, w, rstd = cache
+    dx, _ = L.rmsnorm_backward(dout, cache)
+    return dx, (dout * xhat / rstd).reshape(-1, xhat.shape[-1]).sum(0)  # dw = sum(dout * x), not xhat
+
+
+def _rope_backward_same_direction(dout, cache):
+    cos, sin = cache
+    return dout * cos + A.rotate_half(dout * sin)  # rotates by +m theta again instead of undoing it
+
+
+def _rope_backward_cos_only(dout, cache):
+    cos, sin = cache
+    return dout * cos  # drops the rotate_half term
+
+
+def _repeat_kv_backward_first_of_group(dout, cache):
+    (n_rep,) = cache
+    return dout[:, ::n_rep]  # the first query head of each group instead of the group's sum
+
+
+def _repeat_kv_backward_interleaved(dout, cache):
+    (n_rep,) = cache
+    B, NH, T, hs = dout.shape
+    return dout.reshape(B, n_rep, NH // n_rep, T, hs).sum(1)  # groups heads j, j + NKV, ...: not repeat's
+
+
+def _repeat_kv_backward_mean(dout, cache):
+    (n_rep,) = cache
+    B, NH, T, hs = dout.shape
+    return dout.reshape(B, NH // n_rep, n_rep, T, hs).mean(2)  # averages: the forward copies, it does not average
 
 
 # name -> (reference solution, broken solution, substring the diagnosis must contain)
@@ -313,6 +361,18 @@ CASES = {
     "modified_precision": (_modified_precision, lambda h, r, n: _modified_precision(h, r, n, clip=False), "matches"),
     "brevity_penalty": (lambda c, r: 1.0 if c >= r else (math.exp(1 - r / c) if c else 0.0), lambda c, r: math.exp(1 - r / c) if c else 0.0, "bp"),
     "lcs_length": (M.lcs_length, _lcs_substring, "lcs"),
+    "rmsnorm_backward": (L.rmsnorm_backward, _rmsnorm_backward_no_mean_term, "dx["),
+    "rope_backward": (A.rope_backward, _rope_backward_same_direction, "dx["),
+    "repeat_kv_backward": (A.repeat_kv_backward, _repeat_kv_backward_first_of_group, "dx["),
+}
+
+# more typical mistakes, each reported at the tensor (and case) it breaks: name -> [(broken, where)]
+MORE_BROKEN = {
+    "rmsnorm_backward": [(_rmsnorm_backward_layernorm_form, "dx["),
+                         (_rmsnorm_backward_dw_from_x, "dw[")],
+    "rope_backward": [(_rope_backward_cos_only, "dx[")],
+    "repeat_kv_backward": [(_repeat_kv_backward_interleaved, "case 'x (2, 2, 3, 4): NKV 2, n_rep 3 (NH 6)'\n  dx["),
+                           (_repeat_kv_backward_mean, "dx[")],
 }
 
 
@@ -349,6 +409,24 @@ def test_stub_prints_not_implemented(capsys):
 
     assert check("layernorm_backward", layernorm_backward) is False
     assert "not implemented yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(MORE_BROKEN))
+def test_llama_typical_mistakes_fail_with_a_located_diagnosis(name, capsys):
+    for broken, where in MORE_BROKEN[name]:
+        assert check(name, broken) is False, broken.__name__
+        out = capsys.readouterr().out
+        assert out.startswith(f"{name}: FAILED") and where in out, out
+        assert "relative error" in out and "entries are off" in out, out
+
+
+@pytest.mark.parametrize("name", ["rmsnorm_backward", "rope_backward", "repeat_kv_backward"])
+def test_llama_stubs_print_not_implemented(name, capsys):
+    def stub(dout, cache):
+        raise NotImplementedError  # your code (as in notebooks/16-llama.ipynb)
+
+    assert check(name, stub) is False
+    assert capsys.readouterr().out.startswith(f"{name}: not implemented yet")
 
 
 def test_crash_is_reported_not_raised(capsys):

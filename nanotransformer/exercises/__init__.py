@@ -56,6 +56,7 @@ from . import (  # noqa: F401
     gpt,
     language_models,
     layernorm_mlp,
+    llama,
     loading_gpt2,
     making_it_fast,
     metrics,

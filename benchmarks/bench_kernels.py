@@ -9,6 +9,8 @@ Prints, in one run:
   2. matmul GFLOP/s: np.matmul (BLAS) vs our tiled Numba matmul, at 512^2, 1024^2 and the
      linear layers' shapes;
   3. the fused attention's forward + backward speed-up over the NumPy reference at T = 256;
+  3b. what the separate RoPE kernel costs next to the attention it feeds, at the configs' shapes
+     (the most that fusing RoPE into the attention kernel's load of q and k could save);
   4. first-call (JIT compile) time with a cold cache and with a warm one (`cache=True`).
 
 Timing: the candidates take turns in blocks (0.2 s of untimed warm-up calls, then 3 timed calls;
@@ -32,6 +34,7 @@ from nanotransformer import attention as A
 from nanotransformer import kernels as K
 from nanotransformer import layers as L
 from nanotransformer import optim as O
+from nanotransformer.backend import keep_freed_memory
 from nanotransformer.kernels import attention as KA
 
 CONFIGS = {  # L layers, C d_model, NH heads, T context, B batch, V vocab (as bench_train.py)
@@ -89,6 +92,7 @@ def op_pairs(c, rng):
     head = (r(B, T, C), r(C, V, scale=C**-0.5), None, r(B, T, V))
     hs = C // NH
     q, k, v, dy = (r(B, NH, T, hs) for _ in range(4))
+    q_view, k_view = (A.split_heads(t, NH) for t in np.split(r(B, T, 3 * C), 3, axis=-1)[:2])  # as the model hands them
     w_ln, b_ln = r(C), r(C)
     u = r(B, T, 4 * C)
     logits = r(B, T, V, scale=2.0)
@@ -106,6 +110,10 @@ def op_pairs(c, rng):
 
     def linear_all(fwd, bwd):
         runs = [pair(fwd, bwd, a[:3], a[3]) for a in lin_args] + [pair(fwd, bwd, head[:3], head[3])]
+        return lambda: [run() for run in runs]
+
+    def rope_qk(fwd, bwd):
+        runs = [pair(fwd, bwd, (t, 10000.0, 0), dy) for t in (q_view, k_view)]
         return lambda: [run() for run in runs]
 
     def ce(fwd, bwd):
@@ -127,6 +135,14 @@ def op_pairs(c, rng):
         "layernorm": {
             "numpy": pair(L.layernorm_forward, L.layernorm_backward, (x, w_ln, b_ln), x),
             "numba": pair(K.layernorm_forward, K.layernorm_backward, (x, w_ln, b_ln), x),
+        },
+        "rmsnorm": {
+            "numpy": pair(L.rmsnorm_forward, L.rmsnorm_backward, (x, w_ln), x),
+            "numba": pair(K.rmsnorm_forward, K.rmsnorm_backward, (x, w_ln), x),
+        },
+        "rope (q and k)": {
+            "numpy": rope_qk(A.rope_forward, A.rope_backward),
+            "numba": rope_qk(K.rope_forward, K.rope_backward),
         },
         "gelu": {
             "numpy": pair(L.gelu_forward, L.gelu_backward, (u,), u),
@@ -201,6 +217,43 @@ def bench_attention(repeat, rng):
         print(f"{f'{B}, {NH}, {T}, {hs}':<20}{t_np * 1e3:>10.2f}{t_nb * 1e3:>10.2f}{t_np / t_nb:>12.2f}x")
 
 
+def bench_rope_vs_attention(configs, repeat, rng):
+    """RoPE as a separate kernel (rope.py) against the attention it feeds, the most that fusing it
+    into the attention kernel's load of q and k could save. Per config, Numba, on split_heads views
+    of q, k, v as the model hands them: the causal attention forward + backward (its wrapper copies
+    the views to contiguous arrays), the RoPE forward + backward of q and k, and the copy of q and
+    k to contiguous arrays. RoPE reads the views in place and hands attention contiguous q and k,
+    so the attention wrapper's copy of them goes away: the marginal cost of RoPE is about rope -
+    copies. (Timing the chain rope -> attention -> backward against attention alone measures the
+    same thing in principle, but on this 2-core box attention swings by +-20 % from block to
+    block, more than RoPE's whole cost.) Run with glibc told to keep freed memory
+    (`backend.keep_freed_memory`, which the model's `get_ops` sets), so that fresh (B, NH, T, hs)
+    arrays are not page-faulted in on every call; this section runs after the op and attention
+    sections, which keep measuring with glibc's defaults as before."""
+    keep_freed_memory()
+    print("\n## 3b. Separate RoPE kernel vs the attention it feeds, Numba, float32, fwd + bwd (ms: median / best)\n")
+    print(f"{'config':<8}{'attention':>15}{'rope q,k':>15}{'copy q,k':>15}{'rope/att':>15}{'(rope-copy)/att':>18}")
+    for cname in configs:
+        c = CONFIGS[cname]
+        B, T, C, NH = c["B"], c["T"], c["C"], c["NH"]
+        q, k, v = (A.split_heads(t, NH) for t in np.split(rng.standard_normal((B, T, 3 * C)).astype(np.float32), 3, -1))
+        dy = rng.standard_normal(q.shape).astype(np.float32)
+
+        def att():
+            out, cache = KA.attention_forward(q, k, v, causal=True)
+            KA.attention_backward(dy, cache)
+
+        def rope():
+            for t in (q, k):
+                out, cache = K.rope_forward(t, 10000.0, 0)
+                K.rope_backward(dy, cache)
+
+        res = round_robin({"att": att, "rope": rope, "copy": lambda: (np.ascontiguousarray(q), np.ascontiguousarray(k))}, repeat)
+        (a, a_), (r, r_), (cp, cp_) = ((res[n][0] * 1e3, res[n][1] * 1e3) for n in ("att", "rope", "copy"))
+        print(f"{cname:<8}{f'{a:.2f} / {a_:.2f}':>15}{f'{r:.3f} / {r_:.3f}':>15}{f'{cp:.3f} / {cp_:.3f}':>15}"
+              f"{f'{r / a:.1%} / {r_ / a_:.1%}':>15}{f'{(r - cp) / a:.1%} / {(r_ - cp_) / a_:.1%}':>18}")
+
+
 # ----------------------------------------------------------------------------- 4. compile time
 
 _FIRST_CALLS = r"""
@@ -214,6 +267,8 @@ f = lambda *s: rng.standard_normal(s).astype(np.float32)
 def calls():
     out, c = K.linear_forward(f(2, 3, 8), f(8, 4), f(4)); K.linear_backward(out, c)
     out, c = K.layernorm_forward(f(2, 3, 8), f(8), f(8)); K.layernorm_backward(out, c)
+    out, c = K.rmsnorm_forward(f(2, 3, 8), f(8)); K.rmsnorm_backward(out, c)
+    out, c = K.rope_forward(f(2, 2, 3, 4)); K.rope_backward(out, c)
     out, c = K.gelu_forward(f(2, 3, 8)); K.gelu_backward(out, c)
     out, c = K.cross_entropy_forward(f(2, 3, 5), np.zeros((2, 3), np.int64)); K.cross_entropy_backward(np.float32(1), c)
     out, c = KA.attention_forward(f(2, 2, 3, 4), f(2, 2, 3, 4), f(2, 2, 3, 4), causal=True); KA.attention_backward(out, c)
@@ -246,7 +301,7 @@ def main(argv=None):
     ap.add_argument("--configs", default="tiny,small,bpe", help="comma-separated subset of " + ",".join(CONFIGS))
     ap.add_argument("--repeat", type=int, default=5, help="rounds per measurement (3 timed calls each)")
     ap.add_argument("--no-compile", action="store_true", help="skip the cold/warm compile-time measurement")
-    ap.add_argument("--only", default="ops,matmul,attention,compile", help="sections to run")
+    ap.add_argument("--only", default="ops,matmul,attention,rope,compile", help="sections to run")
     args = ap.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
     for c in configs:
@@ -262,6 +317,8 @@ def main(argv=None):
         bench_matmul(args.repeat, rng)
     if "attention" in only:
         bench_attention(args.repeat, rng)
+    if "rope" in only:
+        bench_rope_vs_attention(configs, args.repeat, rng)
     if "compile" in only and not args.no_compile:
         bench_compile()
     print(f"\n# load average at the end: {os.getloadavg()[0]:.1f}")

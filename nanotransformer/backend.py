@@ -67,6 +67,8 @@ OP_PAIRS = {
 #                                            for dx: BLAS stays ahead
 #   attention      numba   1.41, 2.20, 1.63  fused, causal-aware, no T x T matrix
 #   layernorm      numba   2.13, 8.04, 3.55
+#   rmsnorm        numba   1.75, 5.30, 2.44  (median of 3 runs, load 0.4-1.5; README "RMSNorm and RoPE")
+#   rope           numba   5.18, 7.16, 6.24  q and k on split_heads views (same 3 runs)
 #   gelu           numba   27.3, 18.4, 6.31
 #   cross_entropy  numba   1.16, 1.78, 3.10
 #   adamw_update   numba   44.3, 11.3, 11.5
@@ -74,8 +76,8 @@ AUTO = {
     "linear": "numpy",
     "attention": "numba",
     "layernorm": "numba",
-    "rmsnorm": "numpy",
-    "rope": "numpy",
+    "rmsnorm": "numba",
+    "rope": "numba",
     "gelu": "numba",
     "cross_entropy": "numba",
     "adamw_update": "numba",

@@ -26,13 +26,15 @@ from nanotransformer import attention as A
 from nanotransformer import kernels as K
 from nanotransformer import layers as L
 from nanotransformer import optim as O
+from nanotransformer.backend import get_ops
+from nanotransformer.gradcheck import gradcheck
 from nanotransformer.kernels import attention as KA
 from nanotransformer.kernels import jit as KJ
 
 # the modules of the float kernels
 FLOAT_MODULES = [
     importlib.import_module(f"nanotransformer.kernels.{m}")
-    for m in ("jit", "linear", "attention", "layernorm", "gelu", "cross_entropy", "adamw")
+    for m in ("jit", "linear", "attention", "layernorm", "rmsnorm", "rope", "gelu", "cross_entropy", "adamw")
 ]
 
 JIT_OFF = bool(numba.config.DISABLE_JIT)
@@ -87,6 +89,31 @@ def _layernorm(*shape):
     return (K.layernorm_forward, K.layernorm_backward, L.layernorm_forward, L.layernorm_backward, build)
 
 
+def _heads_view(rng, dt, B, NH, T, hs, scale=1.0):
+    """A (B, NH, T, hs) strided view, as `attention.split_heads` hands q and k over."""
+    return _randn(rng, dt, B, T, NH, hs, scale=scale).transpose(0, 2, 1, 3)
+
+
+def _rmsnorm(*shape, zero_row=False, view=False):
+    """view: shape is (B, NH, T, hs) and x a transposed view of (B, T, NH, hs) (QK-norm's input)."""
+
+    def build(rng, dt):
+        x = _heads_view(rng, dt, *shape, scale=3.0) if view else _randn(rng, dt, *shape, scale=3.0)
+        if zero_row:
+            x[(0,) * (x.ndim - 1)] = 0  # mean(x^2) = 0: only eps keeps rstd finite
+        return (x, _randn(rng, dt, shape[-1])), {}
+
+    return (K.rmsnorm_forward, K.rmsnorm_backward, L.rmsnorm_forward, L.rmsnorm_backward, build)
+
+
+def _rope(B, NH, T, hs, offset=0, theta=10000.0, view=False):
+    def build(rng, dt):
+        x = _heads_view(rng, dt, B, NH, T, hs) if view else _randn(rng, dt, B, NH, T, hs)
+        return (x, theta, offset), {}
+
+    return (K.rope_forward, K.rope_backward, A.rope_forward, A.rope_backward, build)
+
+
 def _gelu(*shape, scale=2.0):
     def build(rng, dt):
         return (_randn(rng, dt, *shape, scale=scale),), {}
@@ -124,6 +151,20 @@ CASES = {
     "layernorm_odd": _layernorm(3, 5, 7),
     "layernorm_C1": _layernorm(4, 1),  # one channel: var = 0, xhat = 0
     "layernorm_many_rows": _layernorm(37, 9),  # more rows than the 16 partial-sum chunks
+    "rmsnorm_T1": _rmsnorm(2, 1, 8),
+    "rmsnorm_odd": _rmsnorm(3, 5, 7),
+    "rmsnorm_C1": _rmsnorm(4, 1),  # one channel: xhat = x / sqrt(x^2 + eps), almost +-1
+    "rmsnorm_zero_row": _rmsnorm(2, 3, 6, zero_row=True),  # out = 0, dx = dout * w * eps^(-1/2)
+    "rmsnorm_many_rows": _rmsnorm(37, 9),  # more rows than the 16 partial-sum chunks
+    "rmsnorm_qk_view": _rmsnorm(2, 3, 5, 6, view=True),  # QK-norm: per head, on a transposed view
+    "rope_T1": _rope(2, 2, 1, 4),
+    "rope_odd": _rope(3, 3, 5, 6),  # odd T, h = 3 pairs
+    "rope_hs2": _rope(1, 2, 7, 2),  # one pair per position
+    "rope_offset": _rope(2, 2, 3, 10, offset=5, theta=500.0),  # positions 5..7 (a KV cache holds 5)
+    "rope_decode": _rope(1, 3, 1, 8, offset=17),  # one new token
+    "rope_view": _rope(2, 3, 5, 8, offset=2, view=True),  # split_heads' strided view
+    "rope_3d": (K.rope_forward, K.rope_backward, A.rope_forward, A.rope_backward,
+                lambda rng, dt: ((_randn(rng, dt, 4, 6, 12),), {})),  # (BH, T, hs), no head axis
     "gelu": _gelu(2, 5, 8),
     "gelu_wide_range": _gelu(3, 101, scale=12.0),  # tanh saturates, exp(2u) overflows to inf
     "gelu_T1": _gelu(1, 1, 3),
@@ -146,6 +187,7 @@ BIG_CASES = {
     "attention_T256": _attention(1, 2, 256, 256, 16),
     "attention_kvcache_long": _attention(1, 1, 67, 200, 8),
     "cross_entropy_bpe": _cross_entropy(2, 9, 4096),
+    "rope_small": _rope(8, 6, 256, 64, offset=3, view=True),
 }
 
 
@@ -183,6 +225,26 @@ def test_parity(name, dtype, build):
 @pytest.mark.parametrize("name", sorted(BIG_CASES))
 def test_parity_big(name, dtype):
     _check_case(name, BIG_CASES, dtype)
+
+
+@big
+def test_rmsnorm_small_config_float32():
+    """RMSNorm at the "small" config's shape (B, T, C) = (8, 256, 384), float32, held against the
+    float64 twin rather than the float32 one: dw sums 2048 rows of O(1) terms (|dw| up to ~140),
+    and float32 rounding of such a sum is ~1e-4 for NumPy's own float32 result (its pairwise sum)
+    too, past the usual atol of 1e-5. So the bound is relative to each tensor's scale, 1e-6
+    (float32's eps is 1.2e-7; measured: the kernel's dw is off by 2e-7 of the scale, NumPy's float32
+    by 9e-7)."""
+    rng = np.random.default_rng(0)
+    x, w, dout = rng.standard_normal((8, 256, 384)) * 3, rng.standard_normal(384), rng.standard_normal((8, 256, 384))
+    out64, cache64 = L.rmsnorm_forward(x, w)
+    want = (out64,) + L.rmsnorm_backward(dout, cache64)
+    f32 = [a.astype(np.float32) for a in (x, w, dout)]
+    out32, cache32 = K.rmsnorm_forward(f32[0], f32[1])
+    got = (out32,) + K.rmsnorm_backward(f32[2], cache32)
+    for what, g, t in zip(("out", "dx", "dw"), got, want):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, t, rtol=0, atol=1e-6 * np.abs(t).max(), err_msg=what)
 
 
 # ----------------------------------------------------------------------------- AdamW
@@ -298,6 +360,99 @@ def test_attention_non_contiguous_inputs(rng):
     assert_parity(out, ref, np.float64, "attention on views")
 
 
+@pytest.mark.parametrize(
+    "fwd, bwd, make",
+    [
+        (K.rmsnorm_forward, K.rmsnorm_backward, lambda r: (r.standard_normal((2, 3, 5)), r.standard_normal(5))),
+        (K.rope_forward, K.rope_backward, lambda r: (r.standard_normal((2, 2, 3, 6)), 50.0, 4)),
+    ],
+    ids=["rmsnorm", "rope"],
+)
+def test_kernel_backward_gradcheck(fwd, bwd, make, rng):
+    """The kernels' own backward against central differences of the kernels' own forward (float64),
+    not only against the NumPy twin's backward."""
+    result = gradcheck(fwd, bwd, *make(rng))
+    assert result.ok, str(result)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rmsnorm_rope_strided_dout(dtype, rng):
+    """Strided upstream gradients (a transposed view) give the twin's gradients; inputs untouched."""
+    x = _heads_view(rng, dtype, 2, 3, 5, 8)
+    w = _randn(rng, dtype, 8)
+    dout = _heads_view(rng, dtype, 2, 3, 5, 8)
+    x0 = x.copy()
+    for kf, kb, rf, rb, args in [
+        (K.rmsnorm_forward, K.rmsnorm_backward, L.rmsnorm_forward, L.rmsnorm_backward, (x, w)),
+        (K.rope_forward, K.rope_backward, A.rope_forward, A.rope_backward, (x, 100.0, 3)),
+    ]:
+        (out_k, ck), (out_r, cr) = kf(*args), rf(*args)
+        assert_parity(out_k, out_r, dtype, f"{kf.__name__}")
+        grads_k, grads_r = kb(dout, ck), rb(dout, cr)
+        for gk, gr in zip(*(g if isinstance(g, tuple) else (g,) for g in (grads_k, grads_r))):
+            assert_parity(gk, gr, dtype, f"{kb.__name__} on a strided dout")
+    np.testing.assert_array_equal(x, x0)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda a: a[0, 1],  # (T, hs): 2-D
+        lambda a: a.reshape(2, 3, 2, 5, 8).transpose(1, 0, 2, 3, 4),  # 5-D, strided
+        lambda a: a[:, :, ::-1],  # negative stride along T: copied first
+        lambda a: np.repeat(a, 2, axis=-1)[..., ::2],  # stride 2 along hs: copied first
+        lambda a: np.asfortranarray(a),
+        lambda a: a.transpose(0, 2, 1, 3)[:, :, 1:4],  # a window of a transposed view
+    ],
+    ids=["2d", "5d_view", "reversed_T", "hs_stride2", "fortran", "window"],
+)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rope_any_layout(layout, dtype, rng):
+    """The wrapper reads rows in place when they are contiguous and copies otherwise: every
+    layout gives the twin's result and gradient, in the input's shape, without writing to x."""
+    x = layout(_randn(rng, dtype, 4, 3, 5, 8))
+    x0 = x.copy()
+    (out, cache), (ref, ref_cache) = K.rope_forward(x, 300.0, 2), A.rope_forward(x, 300.0, 2)
+    assert_parity(out, ref, dtype, "rope forward")
+    dout = layout(_randn(rng, dtype, 4, 3, 5, 8))
+    assert_parity(K.rope_backward(dout, cache), A.rope_backward(dout, ref_cache), dtype, "rope backward")
+    np.testing.assert_array_equal(x, x0)
+
+
+def test_rope_angle_tables_are_shared_and_read_only():
+    """The wrapper memoises its (T, hs/2) cos/sin tables: q and k of every layer share one pair,
+    which no caller may write into."""
+    x = np.zeros((1, 2, 4, 6), np.float32)
+    (_, c1), (_, c2) = K.rope_forward(x, 10000.0, 2), K.rope_forward(x + 1, 10000, 2)
+    assert c1[0] is c2[0] and c1[1] is c2[1]
+    assert c1[0].shape == (4, 3) and c1[0].dtype == np.float32 and not c1[0].flags.writeable
+    cos, sin = A.rope_angles(4, 6, 10000.0, 2, np.float32)
+    np.testing.assert_array_equal(c1[0], cos[:, :3])
+    np.testing.assert_array_equal(c1[1], sin[:, :3])
+    assert K.rope_forward(x.astype(np.float64), 10000.0, 2)[1][0].dtype == np.float64  # one table per dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mha_llama_switches_numba_vs_numpy(dtype, rng):
+    """The way the model calls the new kernels: attention with QK-norm on split_heads' views,
+    RoPE and grouped-query heads, all ops from the "numba" backend against all from "numpy"."""
+    B, T, C, NH, NKV = 2, 5, 16, 4, 2
+    hs = C // NH
+    x = _randn(rng, dtype, B, T, C)
+    w_qkv = _randn(rng, dtype, C, C + 2 * NKV * hs, scale=C**-0.5)
+    w_proj = _randn(rng, dtype, C, C, scale=C**-0.5)
+    qn, kn = _randn(rng, dtype, hs), _randn(rng, dtype, hs)
+    dout = _randn(rng, dtype, B, T, C)
+    res = {}
+    for name in ("numba", "numpy"):
+        out, cache = A.mha_forward(x, w_qkv, None, w_proj, None, NH, ops=get_ops(name), n_kv_head=NKV,
+                                   rope_theta=500.0, q_norm=qn, k_norm=kn)  # fmt: skip
+        res[name] = (out,) + tuple(g for g in A.mha_backward(dout, cache) if g is not None)
+    assert len(res["numba"]) == len(res["numpy"]) == 6  # out, dx, dw_qkv, dw_proj, dq_norm, dk_norm
+    for i, (a, b) in enumerate(zip(res["numba"], res["numpy"])):
+        assert_parity(a, b, dtype, f"mha output/gradient {i}")
+
+
 def test_linear_any_leading_dims(rng):
     x, w, b = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((5, 6)), rng.standard_normal(6)
     out, cache = K.linear_forward(x, w, b)
@@ -312,6 +467,14 @@ def test_linear_any_leading_dims(rng):
         (lambda r: K.linear_forward(r.standard_normal((2, 3)), r.standard_normal((4, 5)), None), "x"),
         (lambda r: K.linear_forward(r.standard_normal((2, 4)).astype(np.float32), r.standard_normal((4, 5)), None), "w"),
         (lambda r: K.layernorm_forward(r.standard_normal((2, 4)), r.standard_normal(3), r.standard_normal(4)), "w"),
+        (lambda r: K.rmsnorm_forward(r.standard_normal((2, 4)), r.standard_normal(3)), "w"),
+        (lambda r: K.rmsnorm_forward(r.standard_normal((2, 4)), r.standard_normal(4).astype(np.float32)), "w"),
+        (lambda r: K.rmsnorm_forward(r.standard_normal((2, 4)), r.standard_normal(4), 0.0), "eps"),
+        (lambda r: K.rope_forward(r.standard_normal((1, 3, 5))), "hs"),
+        (lambda r: K.rope_forward(r.standard_normal((1, 3, 4)), 10000.0, -1), "offset"),
+        (lambda r: K.rope_forward(r.standard_normal((1, 3, 4)), float("nan")), "theta"),
+        (lambda r: K.rope_forward(r.standard_normal(4)), "x"),
+        (lambda r: K.rope_backward(r.standard_normal((1, 3, 6)), K.rope_forward(r.standard_normal((1, 3, 4)))[1]), "dout"),
         (lambda r: K.gelu_forward(np.arange(4)), "x"),
         (lambda r: K.cross_entropy_forward(r.standard_normal((2, 4)), np.array([0, 4])), "targets"),
         (lambda r: K.cross_entropy_forward(r.standard_normal((2, 4)), np.array([0])), "targets"),
@@ -321,7 +484,8 @@ def test_linear_any_leading_dims(rng):
         (lambda r: K.adamw_update(np.zeros(3), np.zeros(4), np.zeros(3), np.zeros(3), 1, 1e-3), "g"),
         (lambda r: K.adamw_update(np.zeros((3, 2)).T, np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((2, 3)), 1, 1e-3), "p"),
     ],
-    ids=["linear_shape", "linear_dtype", "layernorm_w", "gelu_int", "ce_range", "ce_shape", "att_v", "att_causal", "adamw_t", "adamw_g", "adamw_strided"],
+    ids=["linear_shape", "linear_dtype", "layernorm_w", "rmsnorm_w", "rmsnorm_dtype", "rmsnorm_eps", "rope_odd_hs",
+         "rope_offset", "rope_theta", "rope_1d", "rope_dout", "gelu_int", "ce_range", "ce_shape", "att_v", "att_causal", "adamw_t", "adamw_g", "adamw_strided"],
 )
 def test_wrappers_validate(call, arg, rng):
     """Wrappers validate (kernels never do): one ValueError naming the argument."""

@@ -26,3 +26,17 @@ def shakespeare_path():
     if not p.exists():
         pytest.skip("../shared/data/tinyshakespeare.txt not present")
     return p
+
+
+def backend_params():
+    """pytest parameters "numpy" and "numba", the latter skipped when Numba is not available."""
+    from nanotransformer.backend import get_ops
+
+    out = []
+    for name in ("numpy", "numba"):
+        try:
+            get_ops(name)
+            out.append(name)
+        except ValueError:
+            out.append(pytest.param(name, marks=pytest.mark.skip(reason=f"backend {name!r} not available")))
+    return out

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from conftest import backend_params
+
 from nanotransformer import hf
-from nanotransformer.backend import get_ops
 from nanotransformer.generation import generate_ids
 from nanotransformer.pipeline import TextGenerationPipeline, pipeline
 
@@ -31,17 +32,6 @@ PROMPTS = REF["prompts"]
 # still 350x below the smallest top-1 minus top-2 gap on any greedy path (reference.json,
 # min_greedy_margin >= 0.035), so logits within tolerance cannot change a greedy token.
 ATOL = 1e-4
-
-
-def _backends():
-    out = []
-    for name in ("numpy", "numba"):
-        try:
-            get_ops(name)
-            out.append(name)
-        except ValueError:
-            out.append(pytest.param(name, marks=pytest.mark.skip(reason=f"backend {name!r} not available")))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +111,7 @@ def test_our_name_inverts_hf_name(model):
         assert hf.our_name("transformer." + hf.hf_name(name)) == name == hf.our_name(hf.hf_name(name))
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("i", range(len(PROMPTS)))
 def test_logits_match_transformers(i, backend):
     m = hf.from_pretrained(FIXTURE, backend=backend)

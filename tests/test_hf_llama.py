@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from conftest import backend_params
+
 from nanotransformer import hf, hf_llama
-from nanotransformer.backend import get_ops
 from nanotransformer.generation import generate_ids
 from nanotransformer.pipeline import TextGenerationPipeline, pipeline
 
@@ -31,17 +32,6 @@ NAMES = list(FIXTURES)
 ATOL = 1e-4
 PROMPT_CASES = [(n, i) for n in NAMES for i in range(len(REFS[n]["prompts"]))]
 TOKENIZER_CASES = [(n, i) for n in NAMES for i in range(len(REFS[n]["tokenizer"]))]
-
-
-def _backends():
-    out = []
-    for name in ("numpy", "numba"):
-        try:
-            get_ops(name)
-            out.append(name)
-        except ValueError:
-            out.append(pytest.param(name, marks=pytest.mark.skip(reason=f"backend {name!r} not available")))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +184,7 @@ def test_hf_name(name, expected):
     assert hf_llama.hf_name(name) == expected
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("name, i", PROMPT_CASES)
 def test_logits_match_transformers(name, i, backend):
     m = hf.from_pretrained(FIXTURES[name], backend=backend)

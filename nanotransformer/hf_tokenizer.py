@@ -20,9 +20,9 @@ files, and every file trained by `tokenizers`, are laid out so; tiktoken relies 
 What a tokenizer.json may hold (anything else is a ValueError naming the file and the field):
     model            {"type": "BPE"} with vocab, merges ("a b" strings or [a, b] pairs), no
                      byte_fallback, no dropout, no subword prefix/suffix. ignore_merges (Llama 3:
-                     a word that is itself a token is taken whole) is accepted: the lowest-rank
-                     rule already ends at the whole word for such vocabularies, as tiktoken
-                     assumes (tests compare live against `tokenizers`).
+                     a chunk that is itself a token is taken whole, before any merging; tokens
+                     no merge makes are then allowed, reached only whole: `BPETokenizer(...,
+                     ignore_merges=True, unmerged=ids)`; tests compare live against `tokenizers`).
     normalizer       null, or NFC (Qwen2): `BPETokenizer(normalizer="NFC")`
     pre_tokenizer    ByteLevel (add_prefix_space false; use_regex true is GPT-2's split pattern),
                      or Sequence[Split(Regex, behavior Isolated, invert false), ByteLevel(use_regex
@@ -89,13 +89,16 @@ def _is_id(v):
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def ranks_from_vocab(vocab, merges, special, *, vocab_where, vocab_name, merges_name, special_hint):
+def ranks_from_vocab(vocab, merges, special, *, vocab_where, vocab_name, merges_name, special_hint,
+                     ignore_merges=False):  # fmt: skip
     """A byte-level vocabulary and its merges -> our ranks {token bytes: id}.
 
     vocab: {token in bytes_to_unicode characters: id}; merges: [(where, left, right)] in the order
     learned, `where` naming the line or index for errors; special: {token: id}, left out of the
     ranks. Checks that every merge makes a token whose id is larger than the previous merge's
-    (see the module docstring) and that every other token is one byte or made by a merge.
+    (see the module docstring) and that every other token is one byte or made by a merge — unless
+    ignore_merges (a chunk that is a token is taken whole), when such tokens are allowed.
+    Returns (ranks, unmerged: the ids of the tokens no merge makes).
     vocab_where ("vocab.json"'s path), vocab_name, merges_name and special_hint word the errors.
     """
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
@@ -125,11 +128,11 @@ def ranks_from_vocab(vocab, merges, special, *, vocab_where, vocab_name, merges_
         made.add(idx)
     singles = {i for t, i in ranks.items() if len(t) == 1}
     unreachable = sorted(set(ranks.values()) - singles - made)
-    if unreachable:
+    if unreachable and not ignore_merges:
         inv = {i: t for t, i in vocab.items()}
         raise ValueError(f"{vocab_where}: token {inv[unreachable[0]]!r} (id {unreachable[0]}) is neither a "
                          f"single byte nor made by a merge in {merges_name}; {special_hint}")
-    return ranks
+    return ranks, unreachable
 
 
 # ----------------------------------------------------------------------------- vocab.json + merges.txt
@@ -164,7 +167,7 @@ def load_gpt2_tokenizer(vocab_path, merges_path, special_tokens=(EOT,)):
             raise ValueError(f"{merges_path}: line {lineno}: expected 'left right', got {line[:80]!r}")
         merges.append((f"{merges_path}: line {lineno}", parts[0], parts[1]))
     special = {t: vocab[t] for t in special_tokens if t in vocab}
-    ranks = ranks_from_vocab(vocab, merges, special, vocab_where=vocab_path, vocab_name=vocab_path.name,
+    ranks, _ = ranks_from_vocab(vocab, merges, special, vocab_where=vocab_path, vocab_name=vocab_path.name,
                              merges_name=merges_path.name,
                              special_hint="if it is a special token, pass it in special_tokens")
     try:
@@ -214,7 +217,7 @@ def _check_model(m, path):
         if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(p, str) and p for p in parts)):
             raise ValueError(f"{path}: model.merges[{i}]: expected 'left right' or [left, right], got {item!r}"[:300])
         merges.append((f"{path}: model.merges[{i}]", parts[0], parts[1]))
-    return vocab, merges
+    return vocab, merges, m.get("ignore_merges", False)
 
 
 def _check_normalizer(n, path):
@@ -354,17 +357,19 @@ def _parse_tokenizer_json(path):
     """tokenizer.json -> (BPETokenizer, prefix ids of the post-processor)."""
     path = Path(path)
     j = read_json(path)
-    vocab, merges = _check_model(j.get("model"), path)
+    vocab, merges, ignore_merges = _check_model(j.get("model"), path)
     normalizer = _check_normalizer(j.get("normalizer"), path)
     pattern = _check_pre_tokenizer(j.get("pre_tokenizer"), path)
     _check_decoder(j.get("decoder"), path)
     prefix = _check_post_processor(j.get("post_processor"), path)
     special = _check_added_tokens(j.get("added_tokens", []), vocab, path)
-    ranks = ranks_from_vocab(vocab, merges, special, vocab_where=f"{path}: model.vocab", vocab_name="model.vocab",
+    ranks, unmerged = ranks_from_vocab(vocab, merges, special, vocab_where=f"{path}: model.vocab", vocab_name="model.vocab",
                              merges_name="model.merges",
-                             special_hint="if it is a special token, list it in added_tokens with special: true")
+                             special_hint="if it is a special token, list it in added_tokens with special: true",
+                             ignore_merges=ignore_merges)
     try:
-        tok = BPETokenizer(ranks, pattern=pattern, special_tokens=special, normalizer=normalizer)
+        tok = BPETokenizer(ranks, pattern=pattern, special_tokens=special, normalizer=normalizer,
+                           ignore_merges=ignore_merges, unmerged=unmerged)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     unknown = [i for i in prefix if i not in tok.vocab and i not in tok.special_tokens.values()]

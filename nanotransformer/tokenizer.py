@@ -22,6 +22,7 @@ Files (`save`/`load`, and `load_tokenizer` for either kind) are small UTF-8 text
     pattern: "'(?i:[sdmt]|ll|ve|re)|..."     <- "name: <JSON>" lines
     special_tokens: {"<|endoftext|>": 4095}
     normalizer: "NFC"                        <- optional: only written when there is one
+    ignore_merges: {"unmerged": [...]}       <- optional too
     ranks: 4095
     IQ== 0                                   <- "<base64 token bytes> <rank>", one per token:
     ...                                         the same lines as a tiktoken rank file
@@ -36,7 +37,6 @@ train on more text than fits in memory. The training and merging algorithms them
 from __future__ import annotations
 
 import base64
-import binascii
 import gzip
 import json
 import numbers
@@ -48,6 +48,7 @@ import numpy as np
 import regex
 
 from . import bpe
+from .tokenizer_files import Reader, header_line
 
 # GPT-2's split pattern, as published (minbpe uses the same): the contractions 's 't 're 've 'm 'll
 # 'd; a letter run, a digit run or a punctuation run, each with at most one leading space; then
@@ -67,8 +68,6 @@ _NAMED_PATTERNS = {"gpt2": GPT2_SPLIT_PATTERN, "gpt4": GPT4_SPLIT_PATTERN}
 # Unicode normal forms a BPETokenizer can apply before splitting (Qwen2's tokenizer.json has NFC:
 # "e" + U+0301 COMBINING ACUTE becomes the one character "é", so both spellings get the same ids).
 NORMALIZERS = ("NFC",)
-_MAGIC, _VERSION = "nanotransformer-tokenizer", 1
-_RANK_LINE = "'<base64 token bytes> <rank>'"
 # Real text repeats its chunks (" the", ",", "\n"), so encode caches chunk -> ids; bounded so that
 # an endless stream of distinct chunks cannot grow it forever.
 _CACHE_MAX_ENTRIES = 1 << 18
@@ -96,94 +95,6 @@ def _check_int(value, name, minimum):
     """Raise unless value is an integer >= minimum (bools are not integers here)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-
-
-class _Reader:
-    """Reads a tokenizer file line by line, so that every error names the file and the line."""
-
-    def __init__(self, path, data=None):
-        self.path = Path(path)
-        data = self.path.read_bytes() if data is None else data
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{self.path}: expected a UTF-8 text file, got bytes that are not "
-                             f"valid UTF-8 at byte {e.start}") from None
-        # split on "\n" only: str.splitlines would also split on U+2028 or U+0085, which JSON
-        # strings may contain unescaped
-        self.lines = text.split("\n")
-        if self.lines[-1] == "":
-            self.lines.pop()
-        self.lineno = 0
-
-    def error(self, expected, got):
-        return ValueError(f"{self.path}: line {self.lineno}: expected {expected}, got {got}")
-
-    def more(self):
-        return self.lineno < len(self.lines)
-
-    def next(self, expected):
-        self.lineno += 1
-        if self.lineno > len(self.lines):
-            raise self.error(expected, "end of file (truncated?)")
-        return self.lines[self.lineno - 1].rstrip("\r")
-
-    def header(self, kind=None):
-        """Check line 1 is 'nanotransformer-tokenizer 1 <kind>'; returns the kind."""
-        expected = f"'{_MAGIC} {_VERSION} {kind or 'char|bpe'}'"
-        line = self.next(expected)
-        fields = line.split()
-        if len(fields) != 3 or fields[0] != _MAGIC or fields[1] != str(_VERSION):
-            raise self.error(expected, repr(line[:80]))
-        if fields[2] not in ("char", "bpe") or (kind is not None and fields[2] != kind):
-            raise self.error(expected + " (load_tokenizer() loads either kind)", repr(line[:80]))
-        return fields[2]
-
-    def field(self, name, ok, expected):
-        """Parse a 'name: <JSON>' line; ok(value) -> bool checks the value's type."""
-        line = self.next(f"'{name}: <JSON>'")
-        key, sep, raw = line.partition(": ")
-        if key != name or not sep:
-            raise self.error(f"'{name}: <JSON>'", repr(line[:80]))
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise self.error(f"{name} as valid JSON", f"{raw[:80]!r} ({e.msg})") from None
-        if not ok(value):
-            raise self.error(f"{name} to be {expected}", repr(value)[:80])
-        return value
-
-    def ranks(self, count=None):
-        """Read '<base64> <rank>' lines -> dict[bytes, int]: `count` lines, or all that remain."""
-        ranks, seen = {}, set()
-        while self.more() if count is None else len(ranks) < count:
-            line = self.next(_RANK_LINE)
-            if count is None and not line.strip():
-                continue  # tiktoken's loader skips blank lines too
-            fields = line.split()
-            if len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit()):
-                raise self.error(_RANK_LINE, repr(line[:80]))
-            try:
-                token = base64.b64decode(fields[0], validate=True)
-            except (binascii.Error, ValueError):
-                raise self.error(_RANK_LINE + " with valid base64", repr(fields[0][:80])) from None
-            rank = int(fields[1])
-            if not token or token in ranks or rank in seen:
-                raise self.error("a new, non-empty token with a new rank",
-                                 f"token {token!r} rank {rank} (repeated or empty)")
-            ranks[token] = rank
-            seen.add(rank)
-        return ranks
-
-    def end(self):
-        while self.more():
-            line = self.next("end of file")
-            if line.strip():
-                raise self.error("end of file", repr(line[:80]))
-
-
-def _header_line(kind):
-    return f"{_MAGIC} {_VERSION} {kind}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,7 +169,7 @@ class CharTokenizer:
 
     def save(self, path):
         """Write the vocabulary to a small text file (see the module docstring)."""
-        lines = [_header_line("char"),
+        lines = [header_line("char"),
                  "unk_token: " + json.dumps(self.unk_token, ensure_ascii=False),
                  "chars: " + json.dumps(self.chars, ensure_ascii=False)]
         Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -266,7 +177,7 @@ class CharTokenizer:
     @classmethod
     def load(cls, path):
         """Read a file written by save(). A malformed file raises ValueError naming file and line."""
-        r = _Reader(path)
+        r = Reader(path)
         r.header("char")
         unk = r.field("unk_token", lambda v: v is None or isinstance(v, str), "null or a string")
         chars = r.field("chars", lambda v: isinstance(v, str) and v and len(set(v)) == len(v),
@@ -321,6 +232,10 @@ class BPETokenizer:
     normalizer: None (default: the text is used as given) or "NFC": Unicode-normalise the text
         before splitting it (not the special tokens, which are found in the text as given, as in
         Hugging Face `tokenizers`). Decoding does not undo it: decode(encode(s)) is NFC(s).
+    ignore_merges: a chunk that is itself a token becomes that one token before any merging
+        (Hugging Face's `ignore_merges`, Llama 3's tokenizer.json; tiktoken's rule too).
+    unmerged: ids of tokens no merge makes (Llama 3 has a few hundred): only ignore_merges'
+        whole-chunk lookup reaches them, so the merging leaves them out.
 
     Attributes: ranks (dict[bytes, int]), vocab (dict[int, bytes], its inverse), pattern (regex
     source or None), special_tokens (dict[str, int]), normalizer (None or "NFC"), merges (list of
@@ -328,14 +243,15 @@ class BPETokenizer:
     ranks alone define the tokenizer).
     """
 
-    def __init__(self, ranks=None, pattern="gpt4", special_tokens=None, normalizer=None):
+    def __init__(self, ranks=None, pattern="gpt4", special_tokens=None, normalizer=None, ignore_merges=False,
+                 unmerged=()):  # fmt: skip
         if ranks is None:
             ranks = {bytes([i]): i for i in range(256)}
-        self._setup(ranks, pattern, special_tokens or {}, normalizer)
+        self._setup(ranks, pattern, special_tokens or {}, normalizer, ignore_merges, unmerged)
 
-    def _setup(self, ranks, pattern, special_tokens, normalizer=None):
+    def _setup(self, ranks, pattern, special_tokens, normalizer=None, ignore_merges=False, unmerged=()):
         """(Re)build all state from ranks: dict[bytes, int], pattern, special_tokens: dict[str, int],
-        normalizer: None or "NFC"."""
+        normalizer: None or "NFC", ignore_merges and unmerged (see the class docstring)."""
         if normalizer is not None and normalizer not in NORMALIZERS:
             raise ValueError(f"normalizer: expected None or one of {NORMALIZERS}, got {normalizer!r}")
         if not isinstance(ranks, dict):
@@ -353,6 +269,14 @@ class BPETokenizer:
         if len(self.vocab) != len(ranks):
             raise ValueError("ranks: expected distinct ranks, got a rank shared by two tokens")
         self.ranks = {t: int(r) for t, r in ranks.items()}
+        if not isinstance(ignore_merges, bool):
+            raise ValueError(f"ignore_merges: expected True or False, got {ignore_merges!r}")
+        self.ignore_merges, self.unmerged = ignore_merges, frozenset(int(i) for i in unmerged)
+        if self.unmerged and not ignore_merges:
+            raise ValueError("unmerged: tokens no merge makes are reachable only with ignore_merges=True")
+        bad = sorted(i for i in self.unmerged if i not in self.vocab or len(self.vocab[i]) == 1)
+        if bad:
+            raise ValueError(f"unmerged: expected ids of multi-byte tokens of ranks, got {bad[0]}")
         self._max_rank = max(self.vocab)
         self._decoder = dict(self.vocab)  # id -> bytes, special tokens included
         self._table = None  # bpe.PairTable, built on the first encode
@@ -378,7 +302,7 @@ class BPETokenizer:
             except (OSError, EOFError) as e:
                 raise ValueError(f"{path}: expected a gzip-compressed rank file, got a corrupted "
                                  f"one ({e})") from None
-        r = _Reader(path, data)
+        r = Reader(path, data)
         ranks = r.ranks()
         try:
             return cls(ranks, pattern, special_tokens)
@@ -514,13 +438,17 @@ class BPETokenizer:
         cache = self._cache
         missing = {c for c in chunks if c not in cache}
         if missing:
-            if self._table is None:
-                self._table = bpe.PairTable(self.ranks)
+            if self._table is None:  # tokens only ever taken whole are no merge's result
+                self._table = bpe.PairTable({t: r for t, r in self.ranks.items() if r not in self.unmerged})
             if len(cache) + len(missing) > _CACHE_MAX_ENTRIES:
                 cache.clear()
                 missing = set(chunks)
+            if self.ignore_merges:  # a chunk that is itself a token is taken whole
+                whole = {c: self.ranks.get(c.encode("utf-8")) for c in missing}
+                cache.update((c, [r]) for c, r in whole.items() if r is not None)
+                missing = {c for c, r in whole.items() if r is None}
             missing = list(missing)
-            encoded = bpe.encode_chunks([c.encode("utf-8") for c in missing], self._table)
+            encoded = bpe.encode_chunks([c.encode("utf-8") for c in missing], self._table) if missing else []
             cache.update(zip(missing, encoded))
         ids = []
         extend = ids.extend
@@ -546,11 +474,13 @@ class BPETokenizer:
 
     def save(self, path):
         """Write to a small text file (see the module docstring); its rank lines are tiktoken's."""
-        lines = [_header_line("bpe"),
+        lines = [header_line("bpe"),
                  "pattern: " + json.dumps(self.pattern, ensure_ascii=False),
                  "special_tokens: " + json.dumps(self.special_tokens, ensure_ascii=False)]
         if self.normalizer is not None:  # optional, so files without one read as before
             lines.append("normalizer: " + json.dumps(self.normalizer))
+        if self.ignore_merges:  # optional too
+            lines.append("ignore_merges: " + json.dumps({"unmerged": sorted(self.unmerged)}))
         lines.append(f"ranks: {len(self.ranks)}")
         lines += [f"{base64.b64encode(t).decode('ascii')} {r}" for r, t in sorted(self.vocab.items())]
         Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -558,7 +488,7 @@ class BPETokenizer:
     @classmethod
     def load(cls, path):
         """Read a file written by save(). A malformed file raises ValueError naming file and line."""
-        r = _Reader(path)
+        r = Reader(path)
         r.header("bpe")
         pattern = r.field("pattern", lambda v: v is None or isinstance(v, str), "null or a string")
         special = r.field("special_tokens", lambda v: isinstance(v, dict) and all(
@@ -567,17 +497,23 @@ class BPETokenizer:
         normalizer = None
         if r.more() and r.lines[r.lineno].startswith("normalizer: "):
             normalizer = r.field("normalizer", lambda v: v in NORMALIZERS, f"one of {list(NORMALIZERS)}")
+        ignore_merges, unmerged = False, ()
+        if r.more() and r.lines[r.lineno].startswith("ignore_merges: "):
+            unmerged = r.field("ignore_merges", lambda v: isinstance(v, dict) and set(v) == {"unmerged"} and all(
+                isinstance(i, int) and not isinstance(i, bool) for i in v["unmerged"]),
+                'an object {"unmerged": [ids]}')["unmerged"]
+            ignore_merges = True
         count = r.field("ranks", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 256,
                         "the number of rank lines that follow (>= 256)")
         ranks = r.ranks(count)
         r.end()
         try:
-            return cls(ranks, pattern, special, normalizer)
+            return cls(ranks, pattern, special, normalizer, ignore_merges, unmerged)
         except ValueError as e:
             raise ValueError(f"{r.path}: {e}") from None
 
 
 def load_tokenizer(path):
     """Load a CharTokenizer or BPETokenizer file, whichever kind its header line names."""
-    kind = _Reader(path).header()
+    kind = Reader(path).header()
     return CharTokenizer.load(path) if kind == "char" else BPETokenizer.load(path)

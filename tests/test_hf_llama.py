@@ -446,7 +446,7 @@ BAD_TOKENIZER = {
     "lstrip added token": ("tiny-llama", _set("added_tokens.0.lstrip", True), r"added_tokens\[0\]\.lstrip: true"),
     "merges out of id order": ("tiny-llama", _swap_merges, r"model\.merges\[2\]: merge 'Ġ t' makes id \d+, lower than the previous merge's"),
     "malformed merge": ("tiny-qwen2", _set("model.merges.0", ["h"]), r"model\.merges\[0\]: expected 'left right' or \[left, right\]"),
-    "unreachable token": ("tiny-llama", _set("model.vocab.zzqx", 999),
+    "unreachable token": ("tiny-qwen2", _set("model.vocab.zzqx", 999),
                           r"model\.vocab: token 'zzqx' \(id 999\) is neither a single byte nor made by a merge in model\.merges; "
                           r"if it is a special token, list it in added_tokens"),
     "special id clash": ("tiny-llama", _set("added_tokens.0.id", 5), r"added_tokens\[0\]: special token '<\|begin_of_text\|>' has id 5"),
@@ -609,3 +609,35 @@ def test_pipeline_matches_transformers_pipeline(hf_torch, pipes, name):
                 warnings.simplefilter("ignore")
                 expected = ref(p["text"], do_sample=False, **kw)
             assert pipes[name](p["text"], do_sample=False, **kw) == expected, (p["text"], kw)
+
+
+# ----------------------------------------------------------------------------- ignore_merges (Llama 3)
+
+
+@pytest.mark.parametrize("ignore", [True, False])
+@pytest.mark.parametrize("merge_abcd", [True, False], ids=["abcd-merged", "abcd-unmerged"])
+def test_ignore_merges_takes_a_chunk_that_is_a_token_whole(tmp_path, ignore, merge_abcd):
+    """Hugging Face's ignore_merges (Llama 3's tokenizer.json): a chunk that is itself a token is
+    one id, before any merging, and a token no merge makes is allowed (reached only whole, never
+    built inside a longer chunk). Without the flag such a token is refused."""
+    tokenizers = pytest.importorskip("tokenizers")
+    b2u = hf.bytes_to_unicode()
+    vocab = {b2u[i]: i for i in range(256)} | {"bc": 256, "ab": 257, "cd": 258, "abcd": 259}
+    merges = [("b", "c"), ("a", "b"), ("c", "d")] + ([("ab", "cd")] if merge_abcd else [])
+    ref = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore))
+    ref.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    ref.decoder = tokenizers.decoders.ByteLevel()
+    ref.save(str(tmp_path / "tokenizer.json"))
+    if not merge_abcd and not ignore:
+        with pytest.raises(ValueError, match="'abcd' .* is neither a single byte nor made by a merge"):
+            hf.tokenizer_from_pretrained(tmp_path)
+        return
+    ours = hf.tokenizer_from_pretrained(tmp_path)
+    for text in ["abcd", " abcd", "xabcd abcdx", "ab cd abcd", "abcdabcd"]:
+        assert ours.encode(text) == ref.encode(text).ids, text
+    assert (ours.encode("abcd") == [259]) == ignore
+    # the flag and the unmerged ids survive save/load
+    ours.save(tmp_path / "tok.txt")
+    again = type(ours).load(tmp_path / "tok.txt")
+    assert (again.ignore_merges, again.unmerged) == (ours.ignore_merges, ours.unmerged)
+    assert again.encode("xabcd abcd") == ours.encode("xabcd abcd")

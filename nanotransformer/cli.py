@@ -373,7 +373,7 @@ def cmd_finetune(args, out=print):
     out(f"data: {run.name}, {len(run.labels):,} sentences ({np.mean(run.labels):.0%} positive), {len(run.train):,} "
         f"train / {len(run.val):,} val / {len(run.test):,} test, cut to {gpt.config.block_size} tokens")
     out(f"model: GPT of {src} (step {ckpt.step}) + a classification head ({args.pool}-token pooling), "
-        f"{clf.num_params():,} parameters, {clf.num_params() - clf.frozen:,} trained; {tcfg.max_steps} steps of {tcfg.batch_size} sentences")
+        f"{clf.num_params():,} parameters, {clf.num_trained():,} trained; {tcfg.max_steps} steps of {tcfg.batch_size} sentences")
     _fit_and_report(trainer, run, args, out_dir, out, 0)
 
 

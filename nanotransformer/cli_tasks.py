@@ -68,7 +68,6 @@ CONFIG_KEYS = {
                     dropout="dropout", label_smoothing="label_smoothing"),
 }
 CONFIG_KEYS["classifier"] = CONFIG_KEYS["gpt"]  # checked against the GPT body's config
-ARCH_KEYS = ("pos", "norm", "mlp", "n_kv_head", "bias", "tie_embeddings")  # what an --arch preset sets
 
 
 def flag(dest):
@@ -76,9 +75,10 @@ def flag(dest):
 
 
 @contextlib.contextmanager
-def config_errors_name_flags(kind):
+def config_errors_name_flags(kind, args=None):
     """A model config's ValueError "field: ..." re-raised as "--flag: ..." for the flag that set
-    the field (the config validates; the user typed a flag)."""
+    the field (the config validates; the user typed a flag): "--arch llama (pos='rope'): ..." when
+    the field was set by the --arch preset and not by its own flag."""
     try:
         yield
     except ValueError as e:
@@ -86,6 +86,12 @@ def config_errors_name_flags(kind):
         dest = {key: dest for dest, key in CONFIG_KEYS[kind].items()}.get(field)
         if not sep or dest is None:
             raise
+        arch = getattr(args, "arch", None)
+        if arch is not None and getattr(args, dest, None) is None and dest in GPT_SWITCHES:
+            from .model import ARCHS
+
+            if dest in ARCHS[arch]:
+                raise ValueError(f"--arch {arch} (which sets {dest}={ARCHS[arch][dest]!r}):{rest}") from None
         raise ValueError(f"{flag(dest)}:{rest}") from None
 
 
@@ -308,7 +314,7 @@ def new_run(kind, args, seed):
         V = run.tokenizer.vocab_size
         if kind == "gpt":
             switches = {d: getattr(args, d) for d in GPT_SWITCHES if getattr(args, d) is not None}
-            with config_errors_name_flags("gpt"):
+            with config_errors_name_flags("gpt", args):
                 cfg = GPTConfig.preset(args.arch or "gpt2", vocab_size=V, block_size=T, backend=args.backend, **vals, **switches)
             model = GPT(cfg, seed=seed)
             run.stream.check_block_size(T)
@@ -346,15 +352,19 @@ def check_resume_flags(args, kind, sidecar, out_dir):
 
         cfg = GPTConfig.from_dict(cfg).to_dict()  # a checkpoint older than a switch has its default
     if kind in ("gpt", "classifier") and getattr(args, "arch", None) is not None:
-        preset = GPTConfig.preset(args.arch, n_head=cfg.get("n_head", 4)).to_dict()  # its switches, resolved
-        given_flags += [("arch", key, preset[key]) for key in GPT_SWITCHES if key in ARCH_KEYS]
+        from .model import arch_switches
+
+        # the preset's switches, except those a flag of this command overrides (checked above)
+        given_flags += [("arch", key, val) for key, val in arch_switches(args.arch, cfg["n_head"]).items()
+                        if getattr(args, key, None) is None]
     for dest, key, given in given_flags:
         if given is None:
             continue
         have = cfg.get(key)
         if given != have or (kind == "seq2seq" and dest == "n_layer" and given != cfg.get("n_dec_layer")):
-            raise ValueError(f"{flag(dest)}: cannot change the model when resuming "
-                             f"(the checkpoint in {out_dir} has {have!r}, got {given!r})")
+            what = f" {args.arch} sets {key}" if dest == "arch" else ""
+            raise ValueError(f"{flag(dest)}: cannot change the model when resuming (the checkpoint in {out_dir} "
+                             f"has {key}={have!r},{what or ' got'} {given!r})")
     reject_flags(args, [d for d, kinds in ONLY_FOR.items() if kind not in kinds and d not in CONFIG_KEYS[kind]],
                  f"a {kind} checkpoint")
     for dest in ("tokenizer", "val_fraction"):

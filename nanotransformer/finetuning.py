@@ -105,7 +105,16 @@ class GPTClassifier(ParamStore):
         self.first_block = 0 if train_blocks is None else L - train_blocks
         first = "wte" if train_blocks is None else (f"h.{self.first_block}.ln_1.w" if self.first_block < L else "ln_f.w")
         self.frozen = self.offset(first)
+        # an untied LM head (the Llama body's lm_head.w) is not part of the classifier: it gets no
+        # gradient, and no weight decay, so training leaves it bit-identical
+        self.unused = ["lm_head.w"] if "lm_head.w" in self.p else []
+        for name in self.unused:
+            self.views(self.decay_mask)[name][...] = 0.0
         self._cache = None
+
+    def num_trained(self):
+        """Parameters training changes: those after the frozen prefix, less the unused LM head."""
+        return self.params.size - self.frozen - sum(self.p[name].size for name in self.unused)
 
     # ------------------------------------------------------------------------- forward / backward
 

@@ -137,14 +137,20 @@ class GPTConfig(ConfigDict):
     @classmethod
     def preset(cls, arch, **overrides):
         """GPTConfig of architecture `arch` (a key of ARCHS); keyword arguments override it."""
-        if arch not in ARCHS:
-            raise ValueError(f"arch: expected one of {tuple(ARCHS)}, got {arch!r}")
-        kw = dict(ARCHS[arch])
+        kw = arch_switches(arch, overrides.get("n_head", cls.n_head))
         kw.update(overrides)
-        if kw.get("n_kv_head") == "half":
-            n_head = kw.get("n_head", cls.n_head)
-            kw["n_kv_head"] = n_head // 2 if n_head % 2 == 0 else n_head
         return cls(**kw)
+
+
+def arch_switches(arch, n_head):
+    """The switches preset `arch` sets (a key of ARCHS), for a model of n_head heads ("half":
+    n_head / 2 key/value heads, or n_head when that is odd)."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch: expected one of {tuple(ARCHS)}, got {arch!r}")
+    kw = dict(ARCHS[arch])
+    if kw.get("n_kv_head") == "half":
+        kw["n_kv_head"] = n_head // 2 if n_head % 2 == 0 else n_head
+    return kw
 
 
 class KVCache:

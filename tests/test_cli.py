@@ -330,12 +330,34 @@ def test_arch_llama_trains_generates_and_evals_and_flags_override_it(corpus, tmp
     code, _, err = run(["train", "--resume", "--out", str(out), "--max-steps", "7", "--arch", "llama",
                         "--no-progress", "--sample-tokens", "0"], capsys)
     assert code == 0, err
+    # the exact command that started a run resumes it: flags that overrode the preset count as given
+    code, _, err = run(["train", "--resume", "--out", str(out2), "--max-steps", "2", "--arch", "llama", "--n-kv-head",
+                        "1", "--bias", "--tie-embeddings", "--qk-norm", "--rope-theta", "500", "--mlp", "gelu",
+                        "--no-progress", "--sample-tokens", "0"], capsys)
+    assert code == 0, err
+    code, _, err = run(["train", "--resume", "--out", str(out2), "--max-steps", "3", "--arch", "llama"], capsys)
+    assert code == 1 and "--arch: cannot change the model when resuming" in err and "llama sets mlp 'swiglu'" in err, err
+
+
+def test_resume_with_arch_compares_only_the_presets_switches(corpus, tmp_path, capsys):
+    """--arch on resume is checked against the checkpoint's own sizes (3 heads of 8 channels here),
+    not the default config's."""
+    out = tmp_path / "odd"
+    assert main(["train", str(corpus), *TINY, "--n-head", "3", "--d-model", "24", "--max-steps", "2", "--out", str(out),
+                 "--sample-tokens", "0"]) == 0
+    capsys.readouterr()
+    code, _, err = run(["train", "--resume", "--out", str(out), "--max-steps", "3", "--arch", "gpt2",
+                        "--no-progress", "--sample-tokens", "0"], capsys)
+    assert code == 0, err
+    code, _, err = run(["train", "--resume", "--out", str(out), "--max-steps", "3", "--arch", "llama"], capsys)
+    assert code == 1 and err.startswith("error: --arch: cannot change the model when resuming") and "has norm='layernorm', llama sets norm 'rmsnorm'" in err, err
 
 
 @pytest.mark.parametrize("argv, match", [
     (["--n-kv-head", "3"], "--n-kv-head: expected a divisor of n_head=4, got 3"),
     (["--rope-theta", "nan"], "--rope-theta: expected a finite number > 1, got nan"),
     (["--pos", "rope", "--n-head", "8", "--d-model", "8"], "--pos: 'rope' needs an even head size"),
+    (["--arch", "llama", "--n-head", "8", "--d-model", "8"], "--arch llama (which sets pos='rope'): 'rope' needs an even"),
     (["--model", "bert", "--arch", "llama"], "--arch: does not apply to --model bert"),
     (["--model", "seq2seq", "--mlp", "swiglu"], "--mlp: does not apply to --model seq2seq"),
     (["--model", "bert", "--no-bias"], "--bias: does not apply to --model bert"),

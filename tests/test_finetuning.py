@@ -30,8 +30,10 @@ def sentiment_dir():
     return SENTIMENT
 
 
-def _gpt(dtype=np.float64, n_layer=2, vocab_size=12, block_size=8, d_model=8, seed=1, perturb=0.4):
-    gpt = GPT(GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=2, d_model=d_model, backend="numpy"), dtype=dtype, seed=seed)
+def _gpt(dtype=np.float64, n_layer=2, vocab_size=12, block_size=8, d_model=8, seed=1, perturb=0.4, arch="gpt2"):
+    cfg = GPTConfig.preset(arch, vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=2, d_model=d_model,
+                           backend="numpy")
+    gpt = GPT(cfg, dtype=dtype, seed=seed)
     if perturb:  # larger weights than GPT-2's 0.02, so gradients sit well above finite-difference noise
         gpt.params += np.random.default_rng(5).normal(0, perturb, gpt.params.shape).astype(dtype)
     return gpt
@@ -143,17 +145,23 @@ def test_padding_does_not_matter():
         np.testing.assert_allclose(alone[0], logits[2], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("train_blocks", [0, 1])
-def test_freezing_leaves_frozen_parameters_bit_identical(train_blocks):
-    gpt = _gpt(np.float32, n_layer=3, perturb=0.0)
+def test_freezing_leaves_frozen_parameters_bit_identical(train_blocks, arch):
+    """Also for a Llama body, whose untied lm_head.w (after ln_f in the buffer) the classifier
+    does not use: no gradient and no weight decay, so it too stays bit-identical."""
+    gpt = _gpt(np.float32, n_layer=3, perturb=0.0, arch=arch)
     clf = GPTClassifier(gpt, train_blocks=train_blocks)
     before, head_before = gpt.params.copy(), clf.p["head.w"].copy()
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 12, (40, 6))
     finetune(clf, ids, np.full(40, 6), rng.integers(0, 2, 40), steps=5, batch_size=8, lr=1e-2, weight_decay=0.1, log=None)
     o = clf.frozen
-    frozen_names = [n for n in gpt.p if not (n.startswith("ln_f") or any(n.startswith(f"h.{i}.") for i in range(3 - train_blocks, 3)))]
+    frozen_names = [n for n in gpt.p if not (n.startswith(("ln_f", "lm_head")) or any(n.startswith(f"h.{i}.") for i in range(3 - train_blocks, 3)))]
     assert np.array_equal(gpt.params[:o], before[:o])  # bit-identical, weight decay included
+    if arch == "llama":
+        assert np.array_equal(gpt.p["lm_head.w"], gpt.views(before)["lm_head.w"])
+        assert clf.num_trained() == clf.num_params() - o - gpt.p["lm_head.w"].size
     for n in frozen_names:  # the contiguous prefix is exactly the frozen parameters
         assert np.array_equal(gpt.p[n], gpt.views(before)[n]), n
     assert not np.array_equal(gpt.params[o:], before[o:])

@@ -26,7 +26,7 @@ Does not: implement dropout on the attention weights, or the fused Numba kernel 
 """
 import numpy as np
 
-from .validation import check_array, check_same_dtype
+from .validation import check_array, check_number, check_same_dtype
 
 
 def causal_mask(Tq, Tk=None):
@@ -120,8 +120,7 @@ def rope_angles(T, hs, theta=10000.0, offset=0, dtype=np.float64):
     """
     if hs % 2:
         raise ValueError(f"hs: expected an even head size for RoPE, got {hs}")
-    if not isinstance(theta, (int, float, np.floating)) or not np.isfinite(theta) or theta <= 1:
-        raise ValueError(f"theta: expected a finite number > 1, got {theta!r}")
+    check_number("theta", theta, 1)
     if not isinstance(offset, (int, np.integer)) or offset < 0:
         raise ValueError(f"offset: expected an integer >= 0, got {offset!r}")
     inv_freq = 1.0 / theta ** (np.arange(0, hs, 2) / hs)  # (hs/2,)

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .validation import check_array, check_ids, check_same_dtype
+from .validation import check_array, check_ids, check_number, check_same_dtype
 
 # ----------------------------------------------------------------------------- linear
 
@@ -217,7 +217,7 @@ def rmsnorm_forward(x, w, eps=1e-6):
     check_same_dtype(x=x, w=w)
     check_array("x", x, min_ndim=1)
     check_array("w", w, shape=(x.shape[-1],))
-    _check_eps(eps)
+    check_number("eps", eps, 0)
     ms = (x * x).mean(axis=-1, keepdims=True)  # (..., 1) mean square
     rstd = 1.0 / np.sqrt(ms + x.dtype.type(eps))
     xhat = x * rstd
@@ -236,11 +236,6 @@ def rmsnorm_backward(dout, cache):
     # layer norm's three-term form without the mean term.
     dx = rstd * (dxhat - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
     return dx, dw
-
-
-def _check_eps(eps):
-    if not isinstance(eps, (int, float, np.floating)) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps: expected a finite number > 0, got {eps!r}")
 
 
 # ----------------------------------------------------------------------------- GELU and MLP

@@ -43,7 +43,6 @@ Does not: implement dropout on the attention weights (only on the embeddings and
 of each residual branch), mixed precision, or sliding-window attention past block_size (the
 generator crops the context instead, see `generation.py`).
 """
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +64,7 @@ from .block import (
 )
 from .layers import sinusoidal_table
 from .params import ParamStore
-from .validation import ConfigDict, check_array, check_ids, check_model_config
+from .validation import ConfigDict, check_array, check_ids, check_model_config, check_number
 
 POS_KINDS = ("learned", "sinusoidal", "rope")
 
@@ -126,10 +125,8 @@ class GPTConfig(ConfigDict):
             raise ValueError(f"n_kv_head: expected a divisor of n_head={self.n_head}, got {self.n_kv_head}")
         if self.pos == "rope" and (self.d_model // self.n_head) % 2:
             raise ValueError(f"pos: 'rope' needs an even head size, got d_model / n_head = {self.d_model // self.n_head}")
-        for name, low in (("rope_theta", 1.0), ("norm_eps", 0.0)):
-            val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val <= low:
-                raise ValueError(f"{name}: expected a finite number > {low:g}, got {val!r}")
+        check_number("rope_theta", self.rope_theta, 1)
+        check_number("norm_eps", self.norm_eps, 0)
         for name in ("bias", "tie_embeddings", "qk_norm", "qkv_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")

@@ -28,6 +28,13 @@ def check_array(name, x, ndim=None, min_ndim=None, shape=None, floating=False):
             raise ValueError(f"{name}: expected shape {want}, got {x.shape}")
 
 
+def check_number(name, value, above):
+    """A finite real number (int or float, not bool) greater than `above`, e.g. an eps or RoPE's theta."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not ok or not np.isfinite(value) or value <= above:
+        raise ValueError(f"{name}: expected a finite number > {above:g}, got {value!r}")
+
+
 def check_same_dtype(**arrays):
     """All non-None arrays share one floating dtype (mixing float32 and float64 is a bug, not a cast)."""
     items = [(k, v) for k, v in arrays.items() if v is not None]

@@ -19,7 +19,7 @@ import math
 import numpy as np
 from numba import prange
 
-from ..validation import check_array, check_same_dtype
+from ..validation import check_array, check_number, check_same_dtype
 from .jit import kernel, run
 from .layernorm import N_CHUNKS  # the same fixed chunk count as layer norm's dw/db
 
@@ -74,8 +74,7 @@ def rmsnorm_forward(x, w, eps=1e-6):
     check_array("x", x, min_ndim=1)
     C = x.shape[-1]
     check_array("w", w, shape=(C,))
-    if not isinstance(eps, (int, float, np.floating)) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps: expected a finite number > 0, got {eps!r}")  # as layers.rmsnorm_forward
+    check_number("eps", eps, 0)
     x2 = np.ascontiguousarray(x.reshape(-1, C))  # (N, C); copies a strided view (QK-norm's heads)
     w = np.ascontiguousarray(w)
     out = np.empty_like(x2)

@@ -30,6 +30,30 @@ def _adam_coupled(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
     return p, m, v
 
 
+def _adam(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, bc_m=True, bc_v=True, eps_inside=False, coupled=False,
+          efficient=False):
+    """AdamW as a student writes it, with one classic mistake (or the paper's efficient form) switched on."""
+    if coupled:
+        g = g + weight_decay * p  # Adam with L2
+    else:
+        p = p - lr * weight_decay * p
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    if efficient:  # Kingma & Ba, section 2: alpha_t = lr sqrt(1 - beta2^t) / (1 - beta1^t), eps-hat on sqrt(v)
+        return p - lr * np.sqrt(1 - beta2**t) / (1 - beta1**t) * m / (np.sqrt(v) + eps), m, v
+    m_hat = m / (1 - beta1**t) if bc_m else m
+    v_hat = v / (1 - beta2**t) if bc_v else v
+    return p - lr * m_hat / (np.sqrt(v_hat + eps) if eps_inside else np.sqrt(v_hat) + eps), m, v
+
+
+def _adam_with(**switches):
+    def f(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
+        return _adam(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, **switches)
+
+    f.__name__ = "adam_" + "_".join(switches)
+    return f
+
+
 def _merge(ids, pair, idx):
     out, i = [], 0
     while i < len(ids):
@@ -70,6 +94,38 @@ def _top_p_drops_crossing_token(logits, p):
     return np.where(keep, logits, -np.inf)
 
 
+def _top_p_reversed_argsort(logits, p):
+    # correct: argsort ascending, reversed (ties come out in the other order: the cases have none)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    order = np.argsort(probs, -1)[..., ::-1]
+    sp = np.take_along_axis(probs, order, -1)
+    keep_sorted = np.cumsum(sp, -1) - sp < p
+    keep = np.zeros_like(keep_sorted)
+    np.put_along_axis(keep, order, keep_sorted, -1)
+    return np.where(keep, logits, -np.inf)
+
+
+def _top_p_fsum(logits, p):
+    # correct: an exactly rounded running sum (math.fsum), row by row
+    z = np.atleast_2d(logits)
+    probs = np.exp(z - z.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    out = np.full_like(z, -np.inf)
+    for r in range(len(z)):
+        above = []
+        for i in sorted(range(z.shape[1]), key=lambda i: -probs[r, i]):
+            if math.fsum(above) < p:
+                out[r, i] = z[r, i]
+            above.append(probs[r, i])
+    return out.reshape(logits.shape)
+
+
+def _perplexity_by_product(p):
+    with np.errstate(divide="ignore"):
+        return float(np.prod(p) ** (-1 / len(p)))  # 0.1**400 underflows to 0 -> inf
+
+
 def _numeric_grad(f, x, h=1e-5):
     g = np.zeros_like(x)
     for i in np.ndindex(x.shape):
@@ -96,6 +152,71 @@ def _numeric_grad_forward_diff(f, x, h=1e-5):
 
 def _attention_out(q, k, v, causal):
     return A.attention_forward(q, k, v, causal=causal)[0]
+
+
+def _online_attention(q, k, v, causal):
+    Tq, hs = q.shape
+    Tk = k.shape[0]
+    out = np.zeros((Tq, v.shape[1]))
+    for i in range(Tq):
+        m, l, o = -np.inf, 0.0, np.zeros(v.shape[1])
+        for j in range(min(i + Tk - Tq + 1, Tk) if causal else Tk):
+            s = (q[i] @ k[j]) / np.sqrt(hs)
+            m_new = max(m, s)
+            c, e = np.exp(m - m_new), np.exp(s - m_new)
+            l, o, m = l * c + e, o * c + e * v[j], m_new
+        out[i] = o / l
+    return out
+
+
+def _online_attention_all_queries(q, k, v, causal):
+    # correct: one pass over the keys, every query at once
+    Tq, hs = q.shape
+    Tk = k.shape[0]
+    m, l, o = np.full(Tq, -np.inf), np.zeros(Tq), np.zeros((Tq, v.shape[1]))
+    for j in range(Tk):
+        s = q @ k[j] / np.sqrt(hs)
+        if causal:
+            s = np.where(j <= np.arange(Tq) + Tk - Tq, s, -np.inf)
+        m_new = np.maximum(m, s)
+        c = np.where(np.isinf(m_new), 0.0, np.exp(m - m_new))
+        e = np.where(np.isinf(m_new), 0.0, np.exp(s - m_new))
+        l, o, m = l * c + e, o * c[:, None] + e[:, None] * v[j], m_new
+    return o / l[:, None]
+
+
+def _online_attention_variants(q, k, v, causal, through_transpose):
+    # correct: scores through k.T element by element (no rows of k seen), or every key scored and
+    # the masked ones skipped after their score
+    Tq, hs = q.shape
+    Tk = k.shape[0]
+    kT = k.T
+    out = np.zeros((Tq, v.shape[1]))
+    for i in range(Tq):
+        m, l, o = -np.inf, 0.0, np.zeros(v.shape[1])
+        for j in range(Tk):
+            s = (sum(q[i, d] * kT[d, j] for d in range(hs)) if through_transpose else q[i] @ k[j]) / np.sqrt(hs)
+            if causal and j > i + Tk - Tq:
+                continue
+            m_new = max(m, s)
+            c, e = np.exp(m - m_new), np.exp(s - m_new)
+            l, o, m = l * c + e, o * c + e * v[j], m_new
+        out[i] = o / l
+    return out
+
+
+def _two_pass_attention_loop(q, k, v, causal):
+    # broken structure: all the scores first, then a second pass over the values
+    Tq, hs = q.shape
+    Tk = k.shape[0]
+    out = np.zeros((Tq, v.shape[1]))
+    for i in range(Tq):
+        n = min(i + Tk - Tq + 1, Tk) if causal else Tk
+        s = np.array([q[i] @ k[j] for j in range(n)]) / np.sqrt(hs)
+        p = np.exp(s - s.max())
+        p /= p.sum()
+        out[i] = sum(p[j] * v[j] for j in range(n))
+    return out
 
 
 def _lr_no_warmup(step, max_lr, warmup, max_steps, min_lr):
@@ -187,9 +308,37 @@ def _embedding_backward_overwrite(dout, cache):
     return d
 
 
-def _matmul_transposed_tile(a, b):
-    out = a @ b
-    out[:2, :2] = out[:2, :2].T  # a tile written in the wrong orientation
+def _matmul_tiled(a, b, tile=16):
+    M, K = a.shape
+    out = np.zeros((M, b.shape[1]))
+    for i in range(0, M, tile):
+        for j in range(0, b.shape[1], tile):
+            for k in range(0, K, tile):
+                out[i : i + tile, j : j + tile] += a[i : i + tile, k : k + tile] @ b[k : k + tile, j : j + tile]
+    return out
+
+
+def _matmul_transposed_tile(a, b, tile=16):
+    out = _matmul_tiled(a, b, tile)
+    out[:2, :2] = out[:2, :2].T.copy()  # a tile written in the wrong orientation
+    return out
+
+
+def _matmul_loops(a, b, tile=16):
+    # correct and tile-free: scalar loops take no block at all
+    out = np.zeros((a.shape[0], b.shape[1]))
+    for i in range(a.shape[0]):
+        for j in range(b.shape[1]):
+            out[i, j] = sum(a[i, k] * b[k, j] for k in range(a.shape[1]))
+    return out
+
+
+def _matmul_row_panels(a, b, tile=16):
+    # broken structure: tiles rows and columns but takes the whole reduction axis at once
+    out = np.zeros((a.shape[0], b.shape[1]))
+    for i in range(0, a.shape[0], tile):
+        for j in range(0, b.shape[1], tile):
+            out[i : i + tile, j : j + tile] = a[i : i + tile] @ b[:, j : j + tile]
     return out
 
 
@@ -345,10 +494,10 @@ CASES = {
     "top_k_filter": (lambda z, k: np.where(z >= np.sort(z, -1)[..., -k, None], z, -np.inf),
                      lambda z, k: np.where(z > np.sort(z, -1)[..., -k, None], z, -np.inf), "logits["),
     "top_p_filter": (_top_p, _top_p_drops_crossing_token, "logits["),
-    "matmul": (lambda a, b: a @ b, _matmul_transposed_tile, "out["),
+    "matmul": (_matmul_tiled, _matmul_transposed_tile, "out["),
     "num_params": (_num_params, lambda V, T, L_, C: _num_params(V, T, L_, C) + V * C, "n_params: expected"),
     "tied_embedding_backward": (_tied, _tied_embedding_only, "dwte["),
-    "attention_forward": (_attention_out, lambda q, k, v, c: _attention_out(q, k, v, not c), "out["),
+    "attention_forward": (_online_attention, lambda q, k, v, c: _online_attention(q, k, v, not c), "out["),
     "bytes_to_unicode": (hf.bytes_to_unicode, lambda: {b: chr(b) for b in range(256)}, "mapping[0]"),
     "our_name": (hf.our_name, lambda k: k.removeprefix("transformer.").replace(".weight", ".w").replace(".bias", ".b"),
                  "expected 'wte'"),
@@ -376,24 +525,109 @@ MORE_BROKEN = {
 }
 
 
+# correct answers written another way, which must pass too: name -> [solution]
+MORE_CORRECT = {
+    "adamw_update": [_adam_with(efficient=True)],
+    "top_p_filter": [_top_p_reversed_argsort, _top_p_fsum],
+    "matmul": [_matmul_loops, lambda a, b, tile: _matmul_tiled(a, b, tile)],
+    "attention_forward": [_online_attention_all_queries,
+                          lambda q, k, v, c: _online_attention_variants(q, k, v, c, through_transpose=True),
+                          lambda q, k, v, c: _online_attention_variants(q, k, v, c, through_transpose=False)],
+}
+
+# the classic mistakes, each reported at the output it breaks and, where it has one, with its hint:
+# name -> [(broken, substrings the diagnosis must contain)]
+TYPICAL_BUGS = {
+    "adamw_update": [
+        (_adam_with(bc_m=False, bc_v=False), ["after step t=1: ", "p[", "hint: this is Adam without bias correction"]),
+        (_adam_with(bc_m=False), ["after step t=1: ", "p[", "hint: only v is bias-corrected"]),
+        (_adam_with(bc_v=False), ["after step t=1: ", "p[", "hint: only m is bias-corrected"]),
+        (_adam_with(eps_inside=True), ["tiny gradients", "p[", "hint: eps is inside the square root"]),
+        (_adam_with(coupled=True), ["AdamW, beta2=0.999, weight_decay=0.5", "m[", "hint: the decay went into the gradient"]),
+        (lambda *a, **k: _adam_ref(*a, **k)[:2], ["expected a tuple (p, m, v) of 3 arrays, got a tuple of 2"]),
+    ],
+    "perplexity": [(_perplexity_by_product, ["product underflows", "perplexity: expected +1.0", "got +inf"])],
+    "causal_mask": [(lambda T: np.tril(np.ones((T, T), dtype=int)), ["mask: expected a bool array", "got dtype int"])],
+    "attention_allowed": [(lambda ids, pad, causal: _allowed(ids, pad, causal).astype(np.int64),
+                           ["allowed: expected a bool array", "got dtype int64"])],
+    "linear_backward": [(lambda dout, cache: L.linear_backward(dout, cache[:2] + (True,)),
+                         ["no bias", "db: expected None, got ndarray of shape (6,)"])],
+    "matmul": [(lambda a, b, tile: a @ b, ["right values", "got a product on a block of a of shape (4, 4)"]),
+               (lambda a, b, tile: np.dot(a, b), ["got a product on a block of a of shape (4, 4)"]),
+               (_matmul_row_panels, ["got a product on a block of a of shape (2, 4)"])],
+    "attention_forward": [(_attention_out, ["right values", "got an operation on a block of k"]),
+                          (_two_pass_attention_loop, ["got v[0] read when the last key read was k[5]"])],
+    "merge": [(lambda ids, pair, idx: " ".join(map(str, _merge(ids, pair, idx))), ["ids: expected a list of ints, got str"]),
+              (lambda ids, pair, idx: [str(i) for i in _merge(ids, pair, idx)], ["ids[0]: expected an int, got str '5'"])],
+    "teacher_forcing": [(lambda ys, bos, eos, pad: (_teacher_forcing(ys, bos, eos, pad)[0],) * 2,
+                         ["targets[0, 0]: expected 5, got 1", "targets[0, 3]: expected 2, got 7", "of 4 entries are off"])],
+    "mask_tokens": [(lambda *a: (_corrupt(*a)[0], a[0]), ["targets[0, 0]: expected -100, got 1", "entries are off"])],
+}
+
+
 def test_every_exercise_has_a_case():
-    assert set(CASES) == set(EXERCISES)
+    # derived from the package: a newly registered exercise without a reference and a bug fails here
+    assert sorted(set(EXERCISES) - set(CASES)) == [], "exercises without a (reference, broken, where) entry in CASES"
+    assert sorted(set(CASES) - set(EXERCISES)) == [], "CASES for exercises the package does not register"
+    assert set(MORE_CORRECT) | set(TYPICAL_BUGS) <= set(EXERCISES)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_stub_fails_as_not_implemented(name, capsys):
+    def stub(*args, **kwargs):
+        raise NotImplementedError  # your code
+
+    assert check(name, stub) is False
+    assert capsys.readouterr().out.startswith(f"{name}: not implemented yet"), name
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
 def test_reference_passes(name, capsys):
-    assert check(name, CASES[name][0]) is True
+    assert name in CASES, f"{name}: no entry in CASES"
+    assert check(name, CASES[name][0]) is True, capsys.readouterr().out
     assert capsys.readouterr().out.startswith(f"{name}: passed")
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(EXERCISES))
 def test_broken_fails_with_a_located_diagnosis(name, capsys):
+    assert name in CASES, f"{name}: no entry in CASES"
     _, broken, where = CASES[name]
     assert check(name, broken) is False
     out = capsys.readouterr().out
     assert out.startswith(f"{name}: FAILED"), out
     assert where in out, out
     assert "expected" in out and "got" in out, out
+
+
+@pytest.mark.parametrize("name", sorted(MORE_CORRECT))
+def test_other_correct_forms_pass(name, capsys):
+    for solution in MORE_CORRECT[name]:
+        assert check(name, solution) is True, capsys.readouterr().out
+        capsys.readouterr()
+
+
+@pytest.mark.parametrize("name", sorted(TYPICAL_BUGS))
+def test_typical_bugs_fail_with_their_diagnosis(name, capsys):
+    for broken, wants in TYPICAL_BUGS[name]:
+        assert check(name, broken) is False
+        out = capsys.readouterr().out
+        assert out.startswith(f"{name}: FAILED"), out
+        for w in wants:
+            assert w in out, (w, out)
+
+
+def test_a_small_difference_prints_with_enough_digits(capsys):
+    check("adamw_update", _adam_with(eps_inside=True))  # relative error ~1e-7
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "relative error" in ln)
+    expected, got = line.split("expected ")[1].split(", got ")[0], line.split(", got ")[1].split(",")[0]
+    assert expected != got, line
+
+
+def test_matmul_and_attention_say_when_only_the_result_was_checked(capsys):
+    assert check("matmul", lambda a, b, tile: np.asarray(a) @ np.asarray(b)) is True
+    assert "only the result was checked" in capsys.readouterr().out
+    assert check("matmul", _matmul_tiled) is True
+    assert "only the result" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", ["layernorm_backward", "attention_backward", "linear_backward"])
@@ -469,7 +703,7 @@ def test_numeric_grad_must_restore_x(capsys):
 
 def test_adam_coupled_decay_fails_only_with_decay(capsys):
     assert not check("adamw_update", _adam_coupled)
-    assert "AdamW, weight_decay=0.5" in capsys.readouterr().out
+    assert "on case 'AdamW, beta2=0.999, weight_decay=0.5'" in capsys.readouterr().out
 
 
 def test_unknown_name_raises():

@@ -120,3 +120,61 @@ def test_solutions_pass_the_checker(path, small_env):
     assert verdicts, f"{path.name}: no check() calls"
     bad = [v for v in verdicts if v[1] != "passed"]
     assert not bad, f"{path.name}: {bad}"
+
+
+# ----------------------------------------------------------------------------- exercise lists
+
+
+def _exercise_title(body, is_open):
+    """An exercise's title: the function it asks for (`name(...)`), or "(open)" for an open one."""
+    if is_open:
+        return "(open)"
+    m = re.search(r"`(\w+)\(", body)
+    return m.group(1) if m else f"(no function name in {body[:40]!r})"
+
+
+def chapter_exercises(path):
+    """[(number, title)] from the chapter's "## Exercises" list: `1. **`name(...)`**` or `3. *(Open)* ...`."""
+    m = re.search(r"^## Exercises[ \t]*\n(.*?)(?=^## |\Z)", path.read_text(encoding="utf-8"), re.M | re.S)
+    if not m:
+        return []
+    items = re.findall(r"^(\d+)\.[ \t]+(.*)$", m.group(1), re.M)
+    return [(int(n), _exercise_title(body, bool(re.match(r"\*\(open\)\*", body, re.I)))) for n, body in items]
+
+
+def notebook_exercises(path):
+    """[(number, title)] from the notebook's `**Exercise N.**` / `**Exercise N (open).**` cells."""
+    found = re.findall(r"\*\*Exercise (\d+)( \(open\))?\.\*\*[ \t]*(.*)", _markdown_of(path), re.I)
+    return [(int(n), _exercise_title(body, bool(is_open))) for n, is_open, body in found]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=_ids(CHAPTERS))
+def test_chapter_lists_the_notebooks_exercises(path):
+    # the chapter's list and the notebook's exercises, open ones included, in the same order
+    in_chapter = chapter_exercises(path)
+    in_notebook = notebook_exercises(ROOT / "notebooks" / f"{path.stem}.ipynb")
+    assert in_notebook, f"{path.stem}.ipynb: no **Exercise N.** cells found"
+    assert [n for n, _ in in_notebook] == list(range(1, len(in_notebook) + 1)), f"{path.stem}.ipynb: numbering {in_notebook}"
+    assert in_chapter == in_notebook, f"{path.name}: chapter lists {in_chapter}, notebook has {in_notebook}"
+
+
+def test_exercise_list_extraction_sees_a_difference(tmp_path):
+    # the comparison above is only as good as the extraction: a dropped open exercise must show
+    ch = tmp_path / "99-x.md"
+    ch.write_text("## Exercises\n\n1. **`f(x)`**: a thing.\n2. *(Open)* Think.\n\nNext: ...\n", encoding="utf-8")
+    assert chapter_exercises(ch) == [(1, "f"), (2, "(open)")]
+    ch.write_text("## Exercises\n\n1. **`f(x)`**: a thing.\n\n## Next\n\n2. not an exercise\n", encoding="utf-8")
+    assert chapter_exercises(ch) == [(1, "f")]
+
+
+_BARE_CHECK = re.compile(r"^check\(", re.M)
+
+
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=_ids(ALL_NOTEBOOKS))
+def test_check_verdicts_are_not_echoed(path):
+    # a cell ending in a bare check(...) call prints its return value, a stray "False" under a stub
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        lines = [ln for ln in cell.source.strip().splitlines() if ln.strip()]
+        if cell.cell_type == "code" and lines and _BARE_CHECK.match(lines[-1]) and not lines[-1].rstrip().endswith(";"):
+            raise AssertionError(f"{path.name} cell {i}: ends in a bare {lines[-1]!r}: assign it (ok = check(...))")

@@ -36,8 +36,8 @@ Layout: one module per chapter, named after it (`attention.py` holds chapter 04'
 `bert.py` chapter 12's, ...), each registering its exercises with `checker.register`; the
 comparison machinery is `checker.py`.
 
-Does not: time the student's code (chapter 10's kernels are judged for correctness only) or
-grade style.
+Does not: time the student's code (chapter 10's kernels are judged for their result and their
+structure, tile-sized products and one pass over the keys, not their speed) or grade style.
 """
 import os
 import traceback

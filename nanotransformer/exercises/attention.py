@@ -2,12 +2,11 @@
 
     softmax_backward(dout, cache)     against finite differences of layers.softmax_forward
     attention_backward(dout, cache)   against finite differences of attention.attention_forward
-    causal_mask(T)                    against attention.causal_mask
+    causal_mask(T)                    against attention.causal_mask, exactly, and it must be a bool array
 """
-import numpy as np
 
 from .. import attention, layers
-from .checker import case_runner, compare, grad_exercise, randn, register
+from .checker import case_runner, compare_exact, grad_exercise, randn, register
 
 register(
     "softmax_backward", "04-attention", "softmax_backward(dout, cache) -> dx;  cache = (out,), out = softmax(x)", 1e-6,
@@ -35,13 +34,12 @@ register(
 
 def _causal_case(T):
     def fn(student, tol):
-        got = student(T)
-        return compare("mask", None if got is None else np.asarray(got).astype(np.float64), attention.causal_mask(T), 0.5)
+        return compare_exact("mask", student(T), attention.causal_mask(T), "bool")
 
     return fn
 
 
 register(
-    "causal_mask", "04-attention", "causal_mask(T) -> (T, T) bool, True where query i may attend to key j", 0.5,
+    "causal_mask", "04-attention", "causal_mask(T) -> (T, T) bool, True where query i may attend to key j", 0.0,
     case_runner([("T=1", _causal_case(1)), ("T=5", _causal_case(5))], "attention.causal_mask"),
 )

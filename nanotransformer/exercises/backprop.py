@@ -1,6 +1,7 @@
 """Chapter 03's exercises.
 
-    linear_backward(dout, cache)   against finite differences of layers.linear_forward
+    linear_backward(dout, cache)   against finite differences of layers.linear_forward, with and
+                                   without bias (then db must be None)
     numeric_grad(f, x, h=1e-5)     against the analytic gradient (gradcheck.numeric_grad's job)
 """
 import numpy as np
@@ -16,6 +17,7 @@ register(
         [
             ("x (4, 3)", lambda g: (randn(g, 4, 3), randn(g, 3, 5), randn(g, 5)), {}),
             ("x (2, 3, 4)", lambda g: (randn(g, 2, 3, 4), randn(g, 4, 6), randn(g, 6)), {}),
+            ("x (2, 3, 4), no bias (has_bias False: db must be None)", lambda g: (randn(g, 2, 3, 4), randn(g, 4, 6), None), {}),
         ],
     ),
 )

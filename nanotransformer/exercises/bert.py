@@ -9,15 +9,14 @@
 import numpy as np
 
 from .. import attention, tasks
-from .checker import case_runner, compare, compare_all, register
+from .checker import case_runner, compare_exact, compare_exact_all, register
 
 
 def _allowed_case(ids, pad_id, causal):
     def fn(student, tol):
         B, T = ids.shape
         expected = np.broadcast_to(attention.attention_allowed(T, T, causal, ids == pad_id, 1), (B, T, T))
-        got = student(ids.copy(), pad_id, causal)
-        return compare("allowed", None if got is None else np.asarray(got).astype(np.float64), expected, 0.5)
+        return compare_exact("allowed", student(ids.copy(), pad_id, causal), expected, "bool")
 
     return fn
 
@@ -25,7 +24,7 @@ def _allowed_case(ids, pad_id, causal):
 _ids_pad = np.array([[1, 5, 6, 7], [1, 4, 0, 0]])
 register(
     "attention_allowed", "12-bert",
-    "attention_allowed(ids, pad_id, causal) -> (B, T, T) bool, True where query i may attend to key j", 0.5,
+    "attention_allowed(ids, pad_id, causal) -> (B, T, T) bool, True where query i may attend to key j", 0.0,
     case_runner(
         [("bidirectional, padding", _allowed_case(_ids_pad, 0, False)), ("causal, padding", _allowed_case(_ids_pad, 0, True)),
          ("bidirectional, no padding", _allowed_case(np.array([[3, 4, 5]]), 0, False))],
@@ -68,7 +67,7 @@ def _corrupt_case(B, T, V, mask_prob):
         args = (ids, rng.random((B, T)), rng.random((B, T)), rng.integers(3, V, (B, T)), 2, 3, mask_prob)
         got = student(*(a.copy() if isinstance(a, np.ndarray) else a for a in args))
         expected = _ref_mask_tokens(*args, V)
-        return compare_all(("corrupted", "targets"), got, tuple(e.astype(np.float64) for e in expected), 0.5)
+        return compare_exact_all(("corrupted", "targets"), got, expected, "int")
 
     return fn
 
@@ -76,7 +75,7 @@ def _corrupt_case(B, T, V, mask_prob):
 register(
     "mask_tokens", "12-bert",
     "mask_tokens(ids, u_choose, u_kind, random_ids, mask_id, n_special, mask_prob) -> corrupted, targets (-100 where not chosen)",
-    0.5,
+    0.0,
     case_runner([("(2, 10), mask_prob 0.5", _corrupt_case(2, 10, 20, 0.5)), ("(4, 16), mask_prob 0.15", _corrupt_case(4, 16, 30, 0.15))],
                 "tasks.mask_tokens (BERT's 80/10/10 rule)"),
 )

@@ -32,6 +32,9 @@ class Wrong(Exception):
     """The student's answer is wrong; the message is the diagnosis."""
 
 
+MUST_BE_NONE = object()  # an expected output that must be None (e.g. db of a layer without bias)
+
+
 def register(name, chapter, signature, tol, runner):
     """Add exercise `name` (chapter e.g. "04-attention") graded by `runner` at tolerance `tol`."""
     if name in EXERCISES:
@@ -78,11 +81,22 @@ def compare(name, got, expected, tol):
     if err >= tol:
         idx = np.unravel_index(int(np.argmax(diff)), diff.shape)
         n_bad = int((diff / scale >= tol).sum())
+        d = digits_to_show(expected[idx], got[idx])
         raise Wrong(
-            f"{fmt_index(name, idx)}: expected {expected[idx]:+.6e}, got {got[idx]:+.6e}, "
+            f"{fmt_index(name, idx)}: expected {expected[idx]:+.{d}e}, got {got[idx]:+.{d}e}, "
             f"relative error {err:.1e} (tolerance {tol:.0e}); {n_bad} of {diff.size} entries are off"
         )
     return err
+
+
+def digits_to_show(e, g):
+    """Digits after the point (in %e) so that two different numbers also print differently:
+    6 unless they agree further, at most 16."""
+    e, g = float(e), float(g)
+    if e == g or not (np.isfinite(e) and np.isfinite(g)):
+        return 6
+    rel = abs(e - g) / max(abs(e), abs(g))
+    return int(min(16, max(6, np.ceil(-np.log10(rel)) + 1)))
 
 
 def compare_all(names, got, expected, tol):
@@ -94,6 +108,10 @@ def compare_all(names, got, expected, tol):
     errs, msgs = [0.0], []
     for n, g, e in zip(names, got, expected):
         try:
+            if e is MUST_BE_NONE:
+                if g is not None:
+                    raise Wrong(f"{n}: expected None, got {type(g).__name__}{_shape_of(g)}")
+                continue
             errs.append(compare(n, g, e, tol))
         except Wrong as w:
             msgs.append(str(w))
@@ -102,16 +120,74 @@ def compare_all(names, got, expected, tol):
     return max(errs)
 
 
+def _shape_of(x):
+    shape = getattr(x, "shape", None)
+    return f" of shape {tuple(shape)}" if shape is not None else ""
+
+
+def _is_int(x):
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
 def compare_ints(name, got, expected):
-    """Exact comparison of integer sequences (token ids)."""
-    got = list(got) if got is not None else None
+    """Exact comparison of integer sequences (token ids): a list (or tuple, 1-D array) of ints."""
     if got is None:
         raise Wrong(f"{name}: got None (did you forget to return it?)")
+    if not isinstance(got, (list, tuple, np.ndarray)) or (isinstance(got, np.ndarray) and got.ndim != 1):
+        raise Wrong(f"{name}: expected a list of ints, got {type(got).__name__}{_shape_of(got)} {got!r:.60}")
+    got = list(got)
+    for i, g in enumerate(got):
+        if not _is_int(g):
+            raise Wrong(f"{name}[{i}]: expected an int, got {type(g).__name__} {g!r} (expected {list(expected)}, got {got})")
     for i, (g, e) in enumerate(zip(got, expected)):
         if g != e:
             raise Wrong(f"{name}[{i}]: expected {e}, got {g} (expected {list(expected)}, got {got})")
     if len(got) != len(expected):
         raise Wrong(f"{name}: expected length {len(expected)}, got {len(got)} (expected {list(expected)}, got {got})")
+    return 0.0
+
+
+def compare_exact(name, got, expected, kind):
+    """Exact comparison of an integer (ids) or bool (mask) array; kind is "int" or "bool".
+    Reports the mismatching positions with their expected and actual values, not a relative error."""
+    if got is None:
+        raise Wrong(f"{name}: got None (did you forget to return it?)")
+    if not isinstance(got, np.ndarray):
+        try:
+            got = np.asarray(got)
+        except (TypeError, ValueError):
+            raise Wrong(f"{name}: expected a numeric array, got {type(got).__name__}") from None
+    expected = np.asarray(expected)
+    if kind == "bool" and got.dtype != np.bool_:
+        raise Wrong(f"{name}: expected a bool array (True/False), got dtype {got.dtype}; "
+                    f"e.g. np.tril(np.ones((T, T), dtype=bool)), or astype(bool)")
+    if kind == "int" and got.dtype.kind not in "iu":
+        raise Wrong(f"{name}: expected an integer array (token ids), got dtype {got.dtype}")
+    if got.shape != expected.shape:
+        raise Wrong(f"{name}: expected shape {expected.shape}, got {got.shape}")
+    bad = got != expected
+    if bad.any():
+        where = np.argwhere(bad)
+        show = "; ".join(f"{fmt_index(name, ix)}: expected {expected[tuple(ix)]}, got {got[tuple(ix)]}" for ix in where[:5])
+        more = f" (and {len(where) - 5} more)" if len(where) > 5 else ""
+        raise Wrong(f"{show}{more}; {len(where)} of {bad.size} entries are off")
+    return 0.0
+
+
+def compare_exact_all(names, got, expected, kind):
+    """compare_exact over a tuple of outputs; reports every wrong one."""
+    if not isinstance(got, (tuple, list)):
+        got = (got,)
+    if len(got) != len(names):
+        raise Wrong(f"expected {len(names)} outputs ({', '.join(names)}), got {len(got)}")
+    msgs = []
+    for n, g, e in zip(names, got, expected):
+        try:
+            compare_exact(n, g, e, kind)
+        except Wrong as w:
+            msgs.append(str(w))
+    if msgs:
+        raise Wrong("\n  ".join(msgs))
     return 0.0
 
 
@@ -131,7 +207,9 @@ def _grad_case(student, forward, args, kwargs=None, dout_scale=1.0, seed=0):
     def f():
         return float(np.sum(np.asarray(forward(*args, **kwargs)[0]) * dout))
 
-    expected = [numeric_grad(f, a) for a in args if isinstance(a, np.ndarray) and a.dtype.kind == "f"]
+    # an argument passed as None (a layer without bias) has no gradient: the student returns None
+    expected = [numeric_grad(f, a) if a is not None else MUST_BE_NONE
+                for a in args if a is None or (isinstance(a, np.ndarray) and a.dtype.kind == "f")]
     got = student(np.array(dout), cache)
     return got, expected
 

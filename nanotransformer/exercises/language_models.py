@@ -1,7 +1,8 @@
 """Chapter 00's exercises: the bigram model by counting, and perplexity.
 
     bigram_probs(ids, V)    against data.bigram_probs
-    perplexity(p_target)    against metrics.perplexity (which takes -log p, the per-token loss)
+    perplexity(p_target)    against metrics.perplexity (which takes -log p, the per-token loss),
+                            including 400 tokens whose probability product underflows float64
 """
 import numpy as np
 
@@ -42,7 +43,10 @@ register(
     1e-9,
     case_runner(
         [("uniform over 4", _ppl_case([0.25] * 6)), ("mixed", _ppl_case([0.9, 0.5, 0.01, 0.3, 0.7])),
-         ("tiny probabilities", _ppl_case([1e-30, 1e-20, 0.5]))],
+         ("tiny probabilities", _ppl_case([1e-30, 1e-20, 0.5])),
+         # the product 0.1**400 = 1e-400 underflows to 0.0 in float64: multiplying the
+         # probabilities together (np.prod(p) ** (-1 / N)) gives inf, not 10
+         ("400 tokens at p = 0.1 (their product underflows)", _ppl_case([0.1] * 400))],
         "metrics.perplexity of -log p",
     ),
 )

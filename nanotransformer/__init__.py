@@ -15,11 +15,12 @@ from .generation import generate
 from .hf import from_pretrained
 from .model import GPT, GPTConfig
 from .optim import AdamW
+from .pretrained import load_pretrained
 from .tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
 from .train import TrainConfig, Trainer
 
 __all__ = [
     "AdamW", "BERT", "BERTConfig", "BPETokenizer", "CharTokenizer", "GPT", "GPTClassifier", "GPTConfig",
     "Seq2Seq", "Seq2SeqConfig", "TrainConfig", "Trainer", "from_pretrained", "generate", "get_ops",
-    "load_checkpoint", "load_tokenizer", "save_checkpoint",
+    "load_checkpoint", "load_pretrained", "load_tokenizer", "save_checkpoint",
 ]  # fmt: skip

@@ -23,11 +23,12 @@ Writes benchmarks/results/gpt2_vs_llama.json and .png (val loss vs seconds, both
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
+
+from timed import lr_by_time  # benchmarks/timed.py: these scripts run from benchmarks/
 
 HERE = Path(__file__).resolve().parent
 COMMON = dict(block_size=64, n_layer=4, n_head=4, d_model=128, dropout=0.0)
@@ -66,11 +67,8 @@ class Run:
         self.curve = {"seconds": [], "step": [], "val_loss": [], "train_loss": []}
 
     def lr(self, step):
-        a, budget = self.args, self.args.minutes * 60
-        if self.seconds < a.warmup_seconds:
-            return a.lr * max(self.seconds, 1e-3) / a.warmup_seconds
-        prog = min(1.0, (self.seconds - a.warmup_seconds) / max(1e-9, budget - a.warmup_seconds))
-        return a.lr / 10 + 0.5 * (a.lr - a.lr / 10) * (1 + math.cos(math.pi * prog))
+        a = self.args
+        return lr_by_time(self.seconds, a.minutes * 60, a.lr, a.warmup_seconds, a.lr / 10)
 
     def done(self):
         return self.seconds >= self.args.minutes * 60

@@ -20,6 +20,8 @@ import os
 import sys
 import time
 
+from timed import lr_by_time  # benchmarks/timed.py: these scripts run from benchmarks/
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,14 +72,10 @@ def main(argv=None):
     min_lr = args.lr / 10
     t0 = time.perf_counter()
 
-    def lr_by_time(step):  # warm-up then cosine over the wall-clock budget
-        el = time.perf_counter() - t0
-        if el < args.warmup_seconds:
-            return args.lr * max(el, 1e-3) / args.warmup_seconds
-        prog = min(1.0, (el - args.warmup_seconds) / max(1e-9, budget - args.warmup_seconds))
-        return min_lr + 0.5 * (args.lr - min_lr) * (1 + math.cos(math.pi * prog))
+    def lr_at(step):  # warm-up then cosine over the wall-clock budget
+        return lr_by_time(time.perf_counter() - t0, budget, args.lr, args.warmup_seconds, min_lr)
 
-    trainer.lr_at = lr_by_time
+    trainer.lr_at = lr_at
     print(f"tinyshakespeare: {len(data):,} chars, vocab {tok.vocab_size}; model {model.num_params():,} params "
           f"(L={cfg.n_layer}, NH={cfg.n_head}, C={cfg.d_model}, T={cfg.block_size}), backend {model.ops.name}, "
           f"threads {args.threads or 'default'}; budget {args.minutes:g} min; load average {load_start}", flush=True)

@@ -123,7 +123,8 @@ def _local_candidates():
     return out
 
 
-def _sha256(path):
+def file_sha256(path):
+    """The sha256 hex digest of the file at `path` (read in 1 MiB blocks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -132,7 +133,7 @@ def _sha256(path):
 
 
 def _verified(path):
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != TINYSHAKESPEARE_SHA256:
         raise ValueError(
             f"{path}: sha256 is {digest}, expected {TINYSHAKESPEARE_SHA256} (not the tinyshakespeare "

@@ -19,11 +19,10 @@ Dimension legend: as in `model.py` (L layers, NH heads, C channels, T block size
 
 Does not: download anything (the files are package data), or keep more than one version per name.
 """
-import hashlib
 import os
 from pathlib import Path
 
-from .data import DATA_DIR
+from .data import DATA_DIR, file_sha256
 
 PRETRAINED_DIR = DATA_DIR / "pretrained"
 PRETRAINED_ENV = "NANOTRANSFORMER_PRETRAINED_DIR"  # another directory holding <name>/ folders (tests use it)
@@ -39,15 +38,6 @@ PRETRAINED = {
 # The slice of tinyshakespeare's validation split (token indices) that tests/test_pretrained.py
 # evaluates on; make_pretrained.py records the model's loss on it.
 VAL_SLICE = (0, 20_000)
-
-
-def file_sha256(path):
-    """The sha256 hex digest of the file at `path`."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pretrained_dir(name, root=None):

@@ -20,81 +20,37 @@ and prints the sha256 of the two checkpoint files: paste them into
 import argparse
 import os
 import sys
-import time
 
-from timed import lr_by_time  # benchmarks/timed.py: these scripts run from benchmarks/
+from timed import add_flags, set_threads, shakespeare_run, train_for_budget  # benchmarks/timed.py
 
 DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "..", "nanotransformer", "data", "pretrained", "shakespeare-char")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, default=9.5, help="training wall-clock budget")
-    p.add_argument("--threads", type=int, default=None, help="BLAS / Numba threads (default: library default)")
-    p.add_argument("--out", default=DEFAULT_OUT, help="output directory")
-    p.add_argument("--n-layer", type=int, default=4)
-    p.add_argument("--n-head", type=int, default=4)
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--block-size", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup-seconds", type=float, default=20.0)
-    p.add_argument("--eval-interval", type=int, default=250, help="steps between (small) evaluations")
-    p.add_argument("--seed", type=int, default=1337)
+    add_flags(p, minutes=9.5, out=DEFAULT_OUT, n_layer=4, block_size=128, eval_interval=250)
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-            os.environ[var] = str(args.threads)
+    set_threads(args)
     import json
     import math
     import shutil
     import tempfile
     from pathlib import Path
 
-    import numpy as np
-
     from nanotransformer.checkpoint import save_checkpoint
-    from nanotransformer.data import TokenData, build_tokenizer, load_text
     from nanotransformer.generation import generate
-    from nanotransformer.model import GPT, GPTConfig
     from nanotransformer.pretrained import VAL_SLICE, file_sha256
-    from nanotransformer.train import Trainer, TrainConfig, eval_loss
+    from nanotransformer.train import eval_loss
 
     load_start = os.getloadavg()
-    text, name = load_text("tinyshakespeare")
-    tok = build_tokenizer(text, "char")
-    data = TokenData(np.asarray(tok.encode(text)), val_fraction=0.1, source=name)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                    n_head=args.n_head, d_model=args.d_model, dropout=0.0)
-    model = GPT(cfg, seed=args.seed)
-    budget = args.minutes * 60.0
-    tcfg = TrainConfig(batch_size=args.batch_size, max_steps=10**9, lr=args.lr, warmup=0, weight_decay=0.1,
-                       beta2=0.99, grad_clip=1.0, eval_interval=args.eval_interval, eval_iters=10, seed=args.seed)
-    trainer = Trainer(model, data, tcfg, tokenizer=tok, out_dir=None, progress=False,
-                      data_meta={"source": "tinyshakespeare", "tokenizer": "char", "val_fraction": 0.1})
-    min_lr = args.lr / 10
-    t0 = time.perf_counter()
-
-    def lr_at(step):  # warm-up then cosine over the wall-clock budget
-        return lr_by_time(time.perf_counter() - t0, budget, args.lr, args.warmup_seconds, min_lr)
-
-    trainer.lr_at = lr_at
-    print(f"tinyshakespeare: {len(data):,} chars, vocab {tok.vocab_size}; model {model.num_params():,} params "
-          f"(L={cfg.n_layer}, NH={cfg.n_head}, C={cfg.d_model}, T={cfg.block_size}), backend {model.ops.name}, "
-          f"threads {args.threads or 'default'}; budget {args.minutes:g} min; load average {load_start}", flush=True)
-    while time.perf_counter() - t0 < budget:
-        trainer.train_step()
-        if trainer.step % args.eval_interval == 0:
-            ev = trainer.evaluate()
-            el = time.perf_counter() - t0
-            tok_s = trainer.step * args.batch_size * args.block_size / el
-            print(f"{el:6.0f}s step {trainer.step:5d}: train {ev['train']:.4f} val {ev['val']:.4f} "
-                  f"lr {trainer.history['lr'][-1]:.2e} {tok_s:,.0f} tok/s", flush=True)
-    train_seconds = time.perf_counter() - t0
+    tok, data, model, trainer = shakespeare_run(args)
+    cfg = model.config
+    min_lr = args.lr / 10  # train_for_budget's
+    train_seconds = train_for_budget(trainer, args)
     load_end = os.getloadavg()
 
     val_ids = data.split["val"]

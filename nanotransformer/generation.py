@@ -29,8 +29,10 @@ A prompt longer than block_size is cropped from the left, with a warning.
 Dimension legend: N sequences decoded together (num_return_sequences or beams), T time,
 T0 prompt length, V vocab.
 
-Does not: batch different prompts together (no padding), apply repetition penalties, or
-stream tokens as they are produced.
+Streaming: `sample` and `generate_ids` call on_token(ids) after every new token (`chat.py`
+prints the new text as it comes).
+
+Does not: batch different prompts together (no padding), or apply repetition penalties.
 """
 import math
 import warnings
@@ -187,12 +189,14 @@ def prepare_prompt(model, prompt_ids):
 # ----------------------------------------------------------------------------- sampling / greedy
 
 
-def sample(decoder, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, rng=None, should_stop=None):
+def sample(decoder, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None, rng=None, should_stop=None,
+           on_token=None):  # fmt: skip
     """The sampler, on any decoder. ids: (N, T0) the rows' prefixes -> (N, T0 + new) int64.
 
     Each step draws one token per row (temperature 0: argmax) from the decoder's logits.
     should_stop(new_ids) -> bool, checked per row after every token; decoding ends early once
     every row has stopped (rows that stopped keep going until then: the caller trims).
+    on_token(ids): called after every step with the (N, T0 + new) ids so far, to stream them.
     """
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
     if max_new_tokens == 0:
@@ -203,6 +207,8 @@ def sample(decoder, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=N
     for step in range(max_new_tokens):
         nxt = sample_logits(logits, rng, temperature, top_k, top_p)  # (N,)
         ids = np.concatenate([ids, nxt[:, None]], axis=1)
+        if on_token is not None:
+            on_token(ids)
         if should_stop is not None:
             done |= [bool(should_stop(row[T0:])) for row in ids]
             if done.all():
@@ -213,11 +219,11 @@ def sample(decoder, ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=N
 
 
 def generate_ids(model, prompt_ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
-                 num_return_sequences=1, seed=None, rng=None, use_cache=True, should_stop=None):
+                 num_return_sequences=1, seed=None, rng=None, use_cache=True, should_stop=None, on_token=None):
     """Sample (or, with temperature 0, greedily pick) max_new_tokens after the prompt.
 
     prompt_ids: (T0,) int. Returns (N, T0' + new) int64, N = num_return_sequences, T0' the
-    (possibly cropped) prompt length. should_stop as in `sample`.
+    (possibly cropped) prompt length. should_stop, on_token as in `sample`.
     """
     _check_sampling(max_new_tokens, temperature, top_k, top_p)
     if not isinstance(num_return_sequences, (int, np.integer)) or num_return_sequences < 1:
@@ -226,7 +232,7 @@ def generate_ids(model, prompt_ids, max_new_tokens, *, temperature=1.0, top_k=No
     rng = rng if rng is not None else np.random.default_rng(seed)
     ids = np.tile(prompt, (num_return_sequences, 1))  # (N, T0)
     return sample(LMDecoder(model, use_cache), ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                  top_p=top_p, rng=rng, should_stop=should_stop)  # fmt: skip
+                  top_p=top_p, rng=rng, should_stop=should_stop, on_token=on_token)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- beam search

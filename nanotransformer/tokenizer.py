@@ -26,7 +26,8 @@ Files (`save`/`load`, and `load_tokenizer` for either kind) are small UTF-8 text
     ranks: 4095
     IQ== 0                                   <- "<base64 token bytes> <rank>", one per token:
     ...                                         the same lines as a tiktoken rank file
-A char file has the fields unk_token and chars (the vocabulary in id order) instead.
+A char file has the fields unk_token and chars (the vocabulary in id order) instead, and
+special_tokens (a list, their ids following the characters) when it has any.
 
 Legend: V vocabulary size = largest id + 1, special tokens included.
 
@@ -109,25 +110,34 @@ class CharTokenizer:
     unk_token: None (default) makes unknown characters a ValueError; a string such as "<unk>"
     instead gets the last id, every unknown character encodes to it, and it decodes to that string
     (so decode(encode(s)) == s then only holds for s within the vocabulary).
+    special_tokens: strings such as "<|end|>" that each become one id, after the characters (and
+    the unk token), in the order given. As in `BPETokenizer.encode`, a special token's text in
+    the input is an error unless `allowed_special` allows it; `encode_ordinary` reads it as
+    characters (so text a user typed can never smuggle in a control token).
     """
 
-    def __init__(self, text, unk_token=None):
+    def __init__(self, text, unk_token=None, special_tokens=()):
         text = _as_text(text)
         if not text:
             raise ValueError("text: expected a non-empty text to build the character vocabulary "
                              "from, got ''")
-        self._build("".join(sorted(set(text))), unk_token)
+        self._build("".join(sorted(set(text))), unk_token, special_tokens)
 
     @classmethod
-    def from_text(cls, text, unk_token=None):
-        """Same as CharTokenizer(text, unk_token)."""
-        return cls(text, unk_token)
+    def from_text(cls, text, unk_token=None, special_tokens=()):
+        """Same as CharTokenizer(text, unk_token, special_tokens)."""
+        return cls(text, unk_token, special_tokens)
 
-    def _build(self, chars, unk_token):
+    def _build(self, chars, unk_token, special_tokens=()):
         if unk_token is not None and (not isinstance(unk_token, str) or not unk_token
                                       or unk_token in chars):
             raise ValueError(f"unk_token: expected None or a non-empty str that is not a character "
                              f"of the vocabulary, got {unk_token!r}")
+        special_tokens = list(special_tokens)
+        if (not all(isinstance(t, str) and len(t) > 1 for t in special_tokens)
+                or len(set(special_tokens)) != len(special_tokens) or unk_token in special_tokens):
+            raise ValueError(f"special_tokens: expected distinct strings of two or more characters "
+                             f"(other than the unk token), got {special_tokens!r}")
         self.chars = chars  # str, the vocabulary in id order
         self.unk_token = unk_token
         self.stoi = {c: i for i, c in enumerate(chars)}
@@ -137,15 +147,38 @@ class CharTokenizer:
         if unk_token is not None:
             self.unk_id = len(chars)
             self.itos[self.unk_id] = unk_token
+        first = len(self.itos)
+        self.special_tokens = {t: first + k for k, t in enumerate(special_tokens)}
+        self.itos.update({i: t for t, i in self.special_tokens.items()})
+
+    def with_tokens(self, chars="", special_tokens=()):
+        """A copy with characters and special tokens added after the existing ids, which keep
+        their meaning (so a model trained on this tokenizer only needs new embedding rows).
+        Characters already present, and special tokens already registered, are skipped."""
+        new = "".join(dict.fromkeys(c for c in _as_text(chars, "chars") if c not in self.stoi))
+        if new and (self.unk_id is not None or self.special_tokens):
+            raise ValueError(f"chars: cannot add characters {new[:20]!r} to a vocabulary that already has an "
+                             f"unk token or special tokens (their ids follow the characters)")
+        specials = list(self.special_tokens) + [t for t in special_tokens if t not in self.special_tokens]
+        tok = CharTokenizer.__new__(CharTokenizer)
+        tok._build(self.chars + new, self.unk_token, specials)
+        return tok
 
     @property
     def vocab_size(self):
-        """V: number of ids (characters, plus one if there is an unk_token)."""
+        """V: number of ids (characters, plus the unk token and the special tokens)."""
         return len(self.itos)
 
-    def encode(self, text):
-        """text: str (or UTF-8 bytes) -> ids: list[int], one per character."""
-        text = _as_text(text)
+    def encode(self, text, allowed_special="none_raise"):
+        """text: str (or UTF-8 bytes) -> ids: list[int], one per character (and per allowed
+        special token). allowed_special: as in `BPETokenizer.encode`."""
+        return encode_with_specials(_as_text(text), self.special_tokens, allowed_special, self._encode_ordinary)
+
+    def encode_ordinary(self, text):
+        """Encode treating special-token text as plain characters."""
+        return self._encode_ordinary(_as_text(text))
+
+    def _encode_ordinary(self, text):
         if self.unk_id is not None:
             get, unk = self.stoi.get, self.unk_id
             return [get(c, unk) for c in text]
@@ -172,6 +205,8 @@ class CharTokenizer:
         lines = [header_line("char"),
                  "unk_token: " + json.dumps(self.unk_token, ensure_ascii=False),
                  "chars: " + json.dumps(self.chars, ensure_ascii=False)]
+        if self.special_tokens:  # optional, so files without special tokens read as before
+            lines.append("special_tokens: " + json.dumps(list(self.special_tokens), ensure_ascii=False))
         Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     @classmethod
@@ -182,13 +217,62 @@ class CharTokenizer:
         unk = r.field("unk_token", lambda v: v is None or isinstance(v, str), "null or a string")
         chars = r.field("chars", lambda v: isinstance(v, str) and v and len(set(v)) == len(v),
                         "a non-empty string of distinct characters")
+        specials = []
+        if r.more() and r.lines[r.lineno].startswith("special_tokens: "):
+            specials = r.field("special_tokens", lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v),
+                               "a list of strings")
         r.end()
         tok = cls.__new__(cls)
         try:
-            tok._build(_as_text(chars, "chars"), unk)
+            tok._build(_as_text(chars, "chars"), unk, specials)
         except ValueError as e:
             raise ValueError(f"{r.path}: {e}") from None
         return tok
+
+
+def allowed_specials(special_tokens, allowed_special):
+    """'none_raise' | 'all' | a collection of registered special tokens -> set[str]."""
+    if isinstance(allowed_special, str):
+        if allowed_special in ("none_raise", "all"):
+            return set(special_tokens) if allowed_special == "all" else set()
+        raise ValueError("allowed_special: expected 'none_raise', 'all' or a set of special "
+                         f"tokens, got {allowed_special!r}")
+    try:
+        allowed = set(allowed_special)
+    except TypeError:
+        raise ValueError("allowed_special: expected 'none_raise', 'all' or a set of special "
+                         f"tokens, got {allowed_special!r}") from None
+    unknown = allowed - special_tokens.keys()
+    if unknown:
+        raise ValueError(f"allowed_special: expected registered special tokens "
+                         f"{sorted(special_tokens)}, got unknown {sorted(unknown, key=str)}")
+    return allowed
+
+
+def encode_with_specials(text, special_tokens, allowed_special, encode_ordinary):
+    """Both tokenizers' `encode`: the allowed special tokens of `text` become their ids, the
+    pieces between them go through encode_ordinary(str) -> ids; a special token's text that is
+    not allowed is a ValueError (tiktoken's policy)."""
+    allowed = allowed_specials(special_tokens, allowed_special)
+    disallowed = special_tokens.keys() - allowed
+    if disallowed:
+        found = regex.search(_special_regex(disallowed), text)
+        if found:
+            tok = found.group()
+            raise ValueError(f"text: contains the special token {tok!r} at index "
+                             f"{found.start()}, which allowed_special does not allow; expected "
+                             f"allowed_special={{{tok!r}}} or 'all' to encode it as a special "
+                             f"token, or encode_ordinary() to encode it as plain text")
+    if not allowed:
+        return encode_ordinary(text)
+    ids = []
+    # a split on a capturing group keeps the separators: special tokens sit at odd positions
+    for k, part in enumerate(regex.split(_special_regex(allowed), text)):
+        if k % 2:
+            ids.append(special_tokens[part])
+        elif part:
+            ids.extend(encode_ordinary(part))
+    return ids
 
 
 def _is_key(d, key):
@@ -372,24 +456,6 @@ class BPETokenizer:
         self.special_tokens = merged
         self._decoder.update({i: t.encode("utf-8") for t, i in merged.items()})
 
-    def _allowed(self, allowed_special):
-        """'none_raise' | 'all' | a collection of registered special tokens -> set[str]."""
-        if isinstance(allowed_special, str):
-            if allowed_special in ("none_raise", "all"):
-                return set(self.special_tokens) if allowed_special == "all" else set()
-            raise ValueError("allowed_special: expected 'none_raise', 'all' or a set of special "
-                             f"tokens, got {allowed_special!r}")
-        try:
-            allowed = set(allowed_special)
-        except TypeError:
-            raise ValueError("allowed_special: expected 'none_raise', 'all' or a set of special "
-                             f"tokens, got {allowed_special!r}") from None
-        unknown = allowed - self.special_tokens.keys()
-        if unknown:
-            raise ValueError(f"allowed_special: expected registered special tokens "
-                             f"{sorted(self.special_tokens)}, got unknown {sorted(unknown, key=str)}")
-        return allowed
-
     # -- encoding and decoding --------------------------------------------------------------
 
     @property
@@ -405,27 +471,7 @@ class BPETokenizer:
         tokens that may appear (others still raise). Use encode_ordinary to encode special-token
         text as plain text instead.
         """
-        text = _as_text(text)
-        allowed = self._allowed(allowed_special)
-        disallowed = self.special_tokens.keys() - allowed
-        if disallowed:
-            found = regex.search(_special_regex(disallowed), text)
-            if found:
-                tok = found.group()
-                raise ValueError(f"text: contains the special token {tok!r} at index "
-                                 f"{found.start()}, which allowed_special does not allow; expected "
-                                 f"allowed_special={{{tok!r}}} or 'all' to encode it as a special "
-                                 f"token, or encode_ordinary() to encode it as plain text")
-        if not allowed:
-            return self._encode_ordinary(text)
-        ids = []
-        # a split on a capturing group keeps the separators: special tokens sit at odd positions
-        for k, part in enumerate(regex.split(_special_regex(allowed), text)):
-            if k % 2:
-                ids.append(self.special_tokens[part])
-            elif part:
-                ids.extend(self._encode_ordinary(part))
-        return ids
+        return encode_with_specials(_as_text(text), self.special_tokens, allowed_special, self._encode_ordinary)
 
     def encode_ordinary(self, text):
         """Encode treating special-token text as plain text. text: str or UTF-8 bytes -> list[int]."""

@@ -13,6 +13,7 @@ from .encoder_decoder import Seq2Seq, Seq2SeqConfig
 from .finetuning import GPTClassifier
 from .generation import generate
 from .hf import from_pretrained
+from .lora import LoRA
 from .model import GPT, GPTConfig
 from .optim import AdamW
 from .pretrained import load_pretrained
@@ -21,6 +22,6 @@ from .train import TrainConfig, Trainer
 
 __all__ = [
     "AdamW", "BERT", "BERTConfig", "BPETokenizer", "CharTokenizer", "GPT", "GPTClassifier", "GPTConfig",
-    "Seq2Seq", "Seq2SeqConfig", "TrainConfig", "Trainer", "from_pretrained", "generate", "get_ops",
+    "LoRA", "Seq2Seq", "Seq2SeqConfig", "TrainConfig", "Trainer", "from_pretrained", "generate", "get_ops",
     "load_checkpoint", "load_pretrained", "load_tokenizer", "save_checkpoint",
 ]  # fmt: skip

@@ -20,12 +20,14 @@ cache). `key_padding_mask` is (B, Tk) bool, True where the key is padding and mu
 output instead of the NaN that 0/0 would give.
 
 `mha_*` and `cross_attention_*` take the hot ops as `ops=` (default: the NumPy reference), so
-the one transformer block (`block.py`) runs them on the Numba kernels too.
+the one transformer block (`block.py`) runs them on the Numba kernels too, and with LoRA: a weight
+may be a `layers.LoRAWeight` run by `backend.lora_ops` (shape checks read its base weight).
 
 Does not: implement dropout on the attention weights, or the fused Numba kernel (`kernels/attention.py`).
 """
 import numpy as np
 
+from .layers import base_weight
 from .validation import check_array, check_number, check_same_dtype
 
 
@@ -237,8 +239,8 @@ def mha_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head, causal=True, key_paddin
     B, T, C = x.shape
     n_kv_head = n_head if n_kv_head is None else n_kv_head
     sizes = _qkv_sizes(C, n_head, n_kv_head)
-    check_array("w_qkv", w_qkv, shape=(C, sum(sizes)))
-    check_array("w_proj", w_proj, shape=(C, C))
+    check_array("w_qkv", base_weight(w_qkv), shape=(C, sum(sizes)))
+    check_array("w_proj", base_weight(w_proj), shape=(C, C))
     if (q_norm is None) != (k_norm is None):
         raise ValueError("q_norm, k_norm: expected both or neither")
     qkv, qkv_cache = ops.linear_forward(x, w_qkv, b_qkv)  # (B, T, C + 2 NKV hs)
@@ -300,9 +302,9 @@ def cross_attention_forward(x, mem, w_q, b_q, w_kv, b_kv, w_proj, b_proj, n_head
     C = x.shape[2]
     _check_heads(C, n_head)
     check_array("mem", mem, shape=(x.shape[0], None, C))
-    check_array("w_q", w_q, shape=(C, C))
-    check_array("w_kv", w_kv, shape=(C, 2 * C))
-    check_array("w_proj", w_proj, shape=(C, C))
+    check_array("w_q", base_weight(w_q), shape=(C, C))
+    check_array("w_kv", base_weight(w_kv), shape=(C, 2 * C))
+    check_array("w_proj", base_weight(w_proj), shape=(C, C))
     q, q_cache = ops.linear_forward(x, w_q, b_q)  # (B, Tq, C)
     kv, kv_cache = ops.linear_forward(mem, w_kv, b_kv)  # (B, Tk, 2C)
     k, v = np.split(kv, 2, axis=-1)

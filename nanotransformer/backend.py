@@ -22,6 +22,8 @@ and every regrown page was faulted in again: 35,000-70,000 page faults per step 
 config (T=256), 7-10 % of the step. Memory use stays at the step's peak, which it reaches anyway.
 Set NANOTRANSFORMER_KEEP_MEMORY=0 to leave malloc alone.
 
+LoRA: `lora_ops(ops)` is `ops` with a linear pair that also runs a `layers.LoRAWeight` (below).
+
 Does not: time anything at import or at run time. "auto" is a fixed table, decided from the
 project's own benchmark (`benchmarks/bench_kernels.py`) and recorded below with its figures.
 """
@@ -154,3 +156,54 @@ def get_ops(name=None):
     if name not in _BUILT:
         _BUILT[name] = _numba_ops() if name == "numba" else _auto_ops()
     return _BUILT[name]
+
+
+# ----------------------------------------------------------------------------- LoRA's linear pair
+
+_LORA = {}
+
+
+def lora_ops(ops):
+    """`ops` with a linear pair that also runs a `layers.LoRAWeight`: the one dispatch point of LoRA.
+
+    linear_forward(x, w, b): w a LoRAWeight with an adapter -> `layers.lora_linear_forward`; with
+    a = None (frozen) -> `layers.frozen_linear_forward`; a plain array -> ops' own linear_forward.
+    linear_backward(dout, cache) returns (dx, dw, db) as ever, with dw = `layers.LoRAGrad(da, db)`
+    for an adapted linear and dw = db = None for a frozen one (the base gets no gradient).
+
+    Why here, in a namespace, and not at the call sites: mha_forward, cross_attention_forward,
+    mlp_forward and swiglu_forward already take `ops` and call ops.linear_forward/backward; a
+    LoRA-aware namespace reaches all of them (and the caches they keep carry it to their backward)
+    without touching one line of theirs, and the block swaps it in only when a LoRA is on. The
+    plain path keeps the very namespace `get_ops` returns: not one extra call or check on the
+    training hot path. The adapter's own products go through `ops` too, so every backend runs them.
+    """
+    key = id(ops)
+    if key not in _LORA:
+        from .layers import LoRAWeight, LoRAGrad, frozen_linear_backward, frozen_linear_forward
+        from .layers import lora_linear_backward, lora_linear_forward
+
+        class _Adapted(tuple):
+            """The cache of a LoRAWeight's forward: (adapter or None, inner cache)."""
+
+        def linear_forward(x, w, b=None):
+            if not isinstance(w, LoRAWeight):
+                return ops.linear_forward(x, w, b)
+            if w.a is None:
+                out, c = frozen_linear_forward(x, w.w, b, ops=ops)
+            else:
+                out, c = lora_linear_forward(x, w.w, b, w.a, w.b, w.scale, ops=ops)
+            return out, _Adapted((w.a is not None, c))
+
+        def linear_backward(dout, cache):
+            if not isinstance(cache, _Adapted):
+                return ops.linear_backward(dout, cache)
+            adapted, c = cache
+            if not adapted:
+                return frozen_linear_backward(dout, c), None, None
+            dx, da, dbm = lora_linear_backward(dout, c)
+            return dx, LoRAGrad(da, dbm), None
+
+        ns = dict(vars(ops), linear_forward=linear_forward, linear_backward=linear_backward)
+        _LORA[key] = (ops, SimpleNamespace(**ns))  # ops kept alive, so its id stays its own
+    return _LORA[key][1]

@@ -27,6 +27,9 @@ are no biases in the linear layers or the norms (nanoGPT's switch). With grouped
 attention c_attn is (C, C + 2 NKV hs): q, then the NKV key heads, then the NKV value heads;
 SwiGLU's c_fc is (C, 2 d_ff): [W_gate | W_up]; QK-norm adds "attn.q_norm.w", "attn.k_norm.w" (hs,).
 
+LoRA is a switch of the block, not a copy of it: `block_forward(..., lora=...)` hands the
+sub-layers `layers.LoRAWeight`s and `backend.lora_ops(ops)` runs them (see `lora.py`).
+
 The hot ops (linear, attention, layer norm, RMSNorm, RoPE, GELU) are whatever `ops` holds: the NumPy reference
 or the Numba kernels (`backend.get_ops`), so every model runs on the kernels. Attention itself
 is `attention.mha_forward` / `cross_attention_forward`, the MLP `layers.mlp_forward`.
@@ -42,8 +45,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .backend import lora_ops
 from .attention import cross_attention_backward, cross_attention_forward, mha_backward, mha_forward
 from .layers import (
+    LoRAGrad,
+    LoRAWeight,
     dropout_backward,
     dropout_forward,
     embedding_backward,
@@ -130,11 +136,17 @@ def block_specs(prefix, C, bc):
     return specs
 
 
-def _weights(p, prefix, kind):
-    """(w, b, w, b, ...) of a sub-layer's linear layers; b is None when the model has no biases."""
+def _weights(p, prefix, kind, lora=None):
+    """(w, b, w, b, ...) of a sub-layer's linear layers; b is None when the model has no biases.
+    With a LoRA (`lora.p` holding prefix + lin + ".lora_a"/".lora_b", `lora.scale`) every w is a
+    `LoRAWeight`: adapted where the LoRA has an adapter, frozen (a = None) elsewhere."""
     out = []
     for lin in SUBLAYERS[kind]:
-        out += [p[f"{prefix}{lin}.w"], p.get(f"{prefix}{lin}.b")]
+        w, b = p[f"{prefix}{lin}.w"], p.get(f"{prefix}{lin}.b")
+        if lora is not None:
+            name = prefix + lin
+            w = LoRAWeight(w, lora.p.get(name + ".lora_a"), lora.p.get(name + ".lora_b"), lora.scale)
+        out += [w, b]
     return out
 
 
@@ -173,16 +185,21 @@ def _put(g, name, grad):
 
 
 def block_forward(x, p, prefix, bc, ops, *, key_padding_mask=None, mem=None, mem_padding_mask=None,
-                  kv_cache=None, layer=0, p_drop=0.0, rng=None, train=False):  # fmt: skip
+                  kv_cache=None, layer=0, p_drop=0.0, rng=None, train=False, lora=None):  # fmt: skip
     """x: (B, T, C), p: {name: parameter} -> out: (B, T, C), cache
 
     key_padding_mask: (B, T) bool, True on padding keys (self-attention); mem: (B, S, C) and
     mem_padding_mask: (B, S) for cross-attention; kv_cache + layer: decode incrementally
     (`model.KVCache`, inference only); p_drop, rng, train: dropout on each branch's output.
+    lora: low-rank adapters on the linear layers (anything with `.p` {name: array} and `.scale`,
+    e.g. a `lora.LoRA`): the linears become `LoRAWeight`s run by `backend.lora_ops(ops)`, and the
+    base's linear weights get no gradient. None: the plain path, untouched.
     """
     caches = []
+    if lora is not None:
+        ops = lora_ops(ops)
     for ln, kind in bc.sublayers():
-        w = _weights(p, prefix, kind)
+        w = _weights(p, prefix, kind, lora)
         if kind == "attn":
             def f(h, w=w):
                 return mha_forward(h, *w, bc.n_head, bc.causal, key_padding_mask, ops=ops, kv_cache=kv_cache,
@@ -214,7 +231,8 @@ MLPS = {"gelu": (mlp_forward, mlp_backward), "swiglu": (swiglu_forward, swiglu_b
 
 def block_backward(dout, cache, g, prefix):
     """dout: (B, T, C) -> dx: (B, T, C), dmem: (B, S, C) or None (without cross-attention).
-    Writes the block's parameter gradients into g (a ParamStore's gradient views)."""
+    Writes the block's parameter gradients into g (a ParamStore's gradient views); an adapted
+    linear's into g[prefix + lin + ".lora_a"] and [".lora_b"], names missing from g are skipped."""
     bc, caches = cache
     backward = {"attn": mha_backward, "cross": cross_attention_backward, "mlp": MLPS[bc.mlp][1]}
     dx, dmem = dout, None
@@ -237,6 +255,10 @@ def block_backward(dout, cache, g, prefix):
             _put(g, prefix + "attn.q_norm.w", grads[4])
             _put(g, prefix + "attn.k_norm.w", grads[5])
         for lin, dw_lin, db_lin in zip(SUBLAYERS[kind], grads[0::2], grads[1::2]):
+            if isinstance(dw_lin, LoRAGrad):  # an adapted linear (`backend.lora_ops`): no dw, no db
+                _put(g, f"{prefix}{lin}.lora_a", dw_lin.a)
+                _put(g, f"{prefix}{lin}.lora_b", dw_lin.b)
+                continue
             _put(g, f"{prefix}{lin}.w", dw_lin)
             _put(g, f"{prefix}{lin}.b", db_lin)
     return dx, dmem

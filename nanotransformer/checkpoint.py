@@ -7,7 +7,8 @@ sidecar with everything else needed to resume bit for bit.
       model-0000400-3fa2c1.safetensors params by name ("h.0.attn.c_attn.w", ...) and the AdamW
                                        moments ("optim.m.<name>", "optim.v.<name>")
 
-Any model kind (`MODEL_KINDS`: "gpt", "bert", "seq2seq", "classifier"): a model is a
+Any model kind (`MODEL_KINDS`: "gpt", "bert", "seq2seq", "classifier"; `ADAPTER_KINDS`: "lora",
+adapters whose config names the base checkpoint they load over): a model is a
 `params.ParamStore` with a `kind`, a `config_dict()` and a `from_config(dict, dtype, backend)`,
 and that is all this module needs to know of it.
 
@@ -47,6 +48,7 @@ FORMAT = "nanotransformer-checkpoint"
 VERSION = 1
 SIDECAR = "checkpoint.json"
 MODEL_KINDS = ("gpt", "bert", "seq2seq", "classifier")
+ADAPTER_KINDS = ("lora",)  # saved as adapters over a base checkpoint that their config names (lora.py)
 
 
 def model_class(kind):
@@ -59,8 +61,10 @@ def model_class(kind):
         from .encoder_decoder import Seq2Seq as cls
     elif kind == "classifier":
         from .finetuning import GPTClassifier as cls
+    elif kind == "lora":  # adapters only; the config names the base checkpoint (lora.py)
+        from .lora import LoRA as cls
     else:
-        raise ValueError(f"kind: expected one of {MODEL_KINDS}, got {kind!r}")
+        raise ValueError(f"kind: expected one of {MODEL_KINDS + ADAPTER_KINDS}, got {kind!r}")
     return cls
 
 

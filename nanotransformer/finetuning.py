@@ -38,7 +38,11 @@ ln_f, head), the frozen part is one prefix of the flat buffer, `clf.frozen` entr
 
 Dimension legend: B batch, T time, C channels, K classes, N examples, F bag-of-words features.
 
-Does not: fine-tune with LoRA/adapters, mix the LM loss into fine-tuning (GPT-1's auxiliary
+LoRA: `lora.LoRA(clf, ...)` trains low-rank adapters on the (frozen) GPT body plus a head of its
+own; `forward`/`backward` take it as `lora=` and then read and write that head (`lora.p["head.w"]`,
+...) instead of the classifier's.
+
+Does not: mix the LM loss into fine-tuning (GPT-1's auxiliary
 objective), or use a tokenizer other than the pretrained model's own.
 """
 import re
@@ -112,15 +116,22 @@ class GPTClassifier(ParamStore):
             self.views(self.decay_mask)[name][...] = 0.0
         self._cache = None
 
+    def freeze(self):
+        """Freeze the classifier and its GPT body for good (`ParamStore.freeze`). Returns self."""
+        super().freeze()
+        self.gpt.freeze()
+        return self
+
     def num_trained(self):
         """Parameters training changes: those after the frozen prefix, less the unused LM head."""
         return self.params.size - self.frozen - sum(self.p[name].size for name in self.unused)
 
     # ------------------------------------------------------------------------- forward / backward
 
-    def forward(self, ids, lengths, labels=None, *, train=False, rng=None):
+    def forward(self, ids, lengths, labels=None, *, train=False, rng=None, lora=None):
         """ids: (B, T) int right-padded, lengths: (B,) real tokens per row, labels: (B,) int or None
-        -> logits: (B, K), loss: float or None"""
+        -> logits: (B, K), loss: float or None. lora: a `lora.LoRA` of this classifier: adapters on
+        the GPT body, and the head is the LoRA's "head.w", "head.b"."""
         check_array("ids", ids, ndim=2)  # the ids themselves and T <= block_size: hidden_forward
         B, T = ids.shape
         check_array("lengths", lengths, shape=(B,))
@@ -128,47 +139,58 @@ class GPTClassifier(ParamStore):
             raise ValueError(f"lengths: expected an integer array, got dtype {lengths.dtype}")
         if lengths.min() < 1 or lengths.max() > T:
             raise ValueError(f"lengths: expected values in [1, {T}] (the padded length), got {lengths.min()}..{lengths.max()}")
-        h, hidden_c = self.gpt.hidden_forward(ids, train=train, rng=rng)  # (B, T, C), after ln_f
+        h, hidden_c = self.gpt.hidden_forward(ids, train=train, rng=rng, lora=lora)  # (B, T, C), after ln_f
         a = pool_weights(lengths, T, self.pool, h.dtype)  # (B, T)
         z = np.einsum("bt,btc->bc", a, h)  # (B, C)
-        logits, head_c = self.ops.linear_forward(z, self.p["head.w"], self.p["head.b"])  # (B, K)
+        p = self.p if lora is None else lora.p
+        logits, head_c = self.ops.linear_forward(z, p["head.w"], p["head.b"])  # (B, K)
         loss, self._cache = None, None
         if labels is not None:
             check_array("labels", labels, shape=(B,))
             check_ids("labels", labels, self.n_classes)
             loss_arr, loss_c = self.ops.cross_entropy_forward(logits, labels)
             loss = float(loss_arr)
-            self._cache = (hidden_c, a, head_c, loss_c)
+            self._cache = (hidden_c, a, head_c, loss_c, lora)
         return logits, loss
 
-    def backward(self):
+    def backward(self, lora=None):
         """Gradients of the last forward's loss, written into `grads`: the head's and the GPT's
-        trainable part (the frozen prefix is zeroed and never computed). Returns `grads`."""
+        trainable part (the frozen prefix is zeroed and never computed). Returns `grads`.
+        After a forward with a LoRA (`lora` defaults to it): the LoRA's head and adapters only,
+        into `lora.grads` (returned); train_blocks does not apply, the whole body is frozen."""
         if self._cache is None:
             raise ValueError("backward: expected a preceding forward(ids, lengths, labels) with labels, got none")
-        hidden_c, a, head_c, loss_c = self._cache
+        hidden_c, a, head_c, loss_c, used = self._cache
+        if lora is not None and lora is not used:
+            raise ValueError("lora: expected the LoRA the forward ran with (or None), got another")
+        if used is None and self.grads is None:
+            raise ValueError("backward: this model is frozen (freeze()), it has no gradient buffer")
         self._cache = None
         dlogits = self.ops.cross_entropy_backward(np.ones((), dtype=self.dtype), loss_c)
         dz, dw, db = self.ops.linear_backward(dlogits, head_c)
-        self.g["head.w"][...], self.g["head.b"][...] = dw, db
+        g = self.g if used is None else used.g
+        g["head.w"][...], g["head.b"][...] = dw, db
         # forward was: z[b] = sum_t a[b, t] h[b, t]  ->  dh[b, t] = a[b, t] dz[b]
         dh = a[:, :, None] * dz[:, None, :]  # (B, T, C)
+        if used is not None:
+            self.gpt.hidden_backward(dh, hidden_c, embeddings=False)  # into used.g (the cache knows)
+            return used.grads
         self.grads[: self.frozen] = 0.0  # the frozen part: zero, never computed
         self.gpt.hidden_backward(dh, hidden_c, first_block=self.first_block, embeddings=self.train_blocks is None)
         return self.grads
 
-    def predict_proba(self, ids, lengths, batch_size=256):
-        """Class probabilities (N, K), in batches (each trimmed to its longest row)."""
+    def predict_proba(self, ids, lengths, batch_size=256, lora=None):
+        """Class probabilities (N, K), in batches (each trimmed to its longest row); lora as in forward."""
         out = []
         for i in range(0, len(ids), batch_size):
             ln = lengths[i : i + batch_size]
-            logits, _ = self.forward(ids[i : i + batch_size, : ln.max()], ln)
+            logits, _ = self.forward(ids[i : i + batch_size, : ln.max()], ln, lora=lora)
             out.append(softmax_forward(logits.astype(np.float64))[0])
         return np.concatenate(out)
 
-    def predict(self, ids, lengths, batch_size=256):
+    def predict(self, ids, lengths, batch_size=256, lora=None):
         """Predicted class per row: (N,) int64"""
-        return self.predict_proba(ids, lengths, batch_size).argmax(axis=-1)
+        return self.predict_proba(ids, lengths, batch_size, lora).argmax(axis=-1)
 
     # ------------------------------------------------------------------------- state
 

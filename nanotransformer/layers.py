@@ -7,10 +7,14 @@ train, in float64 to gradient-check it (`gradcheck.py`).
 
 Dimension legend: B batch, T time, C channels, V vocab, ... any leading dims.
 
+LoRA (`lora_linear_forward`, `frozen_linear_forward` and the `LoRAWeight` the block hands them in)
+lives here too; the adapter store is `lora.py`.
+
 Does not: use Numba (see the `kernels/` package), allocate parameters (see `params.py`), or choose a
 backend. Only floating-point arguments get gradients; integer ids, masks and flags do not.
 """
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,6 +52,98 @@ def linear_backward(dout, cache):
     dw = x2.T @ d2
     db = d2.sum(axis=0) if has_bias else None
     return dx, dw, db
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+
+class LoRAWeight(NamedTuple):
+    """A linear layer's weight when a LoRA is on: the frozen base w (C_in, C_out) and its adapter
+    a (C_in, r), b (r, C_out), scale s; a None: frozen, no adapter. The block hands it to the
+    sub-layers in place of w; `backend.lora_ops` runs it (module `lora.py` has the whole story)."""
+
+    w: np.ndarray
+    a: np.ndarray = None
+    b: np.ndarray = None
+    scale: float = 1.0
+
+
+class LoRAGrad(NamedTuple):
+    """The weight-gradient slot of a `LoRAWeight`'s backward: its adapter's gradients (the base
+    weight gets none)."""
+
+    a: np.ndarray
+    b: np.ndarray
+
+
+def base_weight(w):
+    """The base (C_in, C_out) array of w, a `LoRAWeight` or a plain weight (for shape checks)."""
+    return w.w if isinstance(w, LoRAWeight) else w
+
+
+def _default_ops(ops):
+    if ops is None:
+        from .attention import reference_ops  # the backend namespace imports this module
+
+        ops = reference_ops()
+    return ops
+
+
+def lora_linear_forward(x, w, b, a, bm, scale, *, ops=None):
+    """LoRA (Hu et al. 2021): a frozen linear layer plus a trainable low-rank update.
+
+    x: (..., C_in), w: (C_in, C_out) and b: (C_out,) or None frozen, a: (C_in, r), bm: (r, C_out),
+    scale: s = alpha / r -> out = x @ w + b + s (x @ a) @ bm: (..., C_out),
+    cache = (w, a_cache, bm_cache, s, ops). ops: the hot ops (default the NumPy reference).
+
+    The update s a @ bm has rank <= r, so the model learns r (C_in + C_out) numbers per layer
+    instead of C_in C_out. The base's linear cache is dropped: its dw is never needed.
+    """
+    ops = _default_ops(ops)
+    check_same_dtype(x=x, w=w, a=a, bm=bm)
+    check_array("w", w, ndim=2)
+    check_array("a", a, shape=(w.shape[0], None))
+    check_array("bm", bm, shape=(a.shape[1], w.shape[1]))
+    if not (isinstance(scale, (int, float, np.floating)) and math.isfinite(scale)):
+        raise ValueError(f"scale: expected a finite number, got {scale!r}")
+    s = x.dtype.type(scale)
+    out, _ = ops.linear_forward(x, w, b)  # (..., C_out)
+    xa, a_c = ops.linear_forward(x, a, None)  # (..., r)
+    lo, bm_c = ops.linear_forward(xa * s, bm, None)  # (..., C_out)
+    out += lo
+    return out, (w, a_c, bm_c, s, ops)
+
+
+def lora_linear_backward(dout, cache):
+    """dout: (..., C_out) -> dx: (..., C_in), da: (C_in, r), dbm: (r, C_out)
+
+    No dw: the product x^T dout (C_in x C_out, the largest of a linear's backward) is not formed.
+    """
+    w, a_c, bm_c, s, ops = cache
+    # forward was: lo = (s xa) @ bm  ->  dbm = (s xa)^T dout, d(s xa) = dout @ bm^T
+    dxas, dbm, _ = ops.linear_backward(dout, bm_c)
+    # forward was: xa = x @ a  ->  with dxa = s d(s xa): da = x^T dxa, dx_lora = dxa @ a^T
+    dx_lora, da, _ = ops.linear_backward(dxas * s, a_c)
+    # forward was: out = x @ w + b + lo  ->  dx = dout @ w^T + dx_lora (a forward product: no dw)
+    dx, _ = ops.linear_forward(dout, w.T, None)
+    dx += dx_lora
+    return dx, da, dbm
+
+
+def frozen_linear_forward(x, w, b=None, *, ops=None):
+    """A linear layer whose weights are not trained. x: (..., C_in), w: (C_in, C_out),
+    b: (C_out,) or None -> out = x @ w + b: (..., C_out), cache = (w, ops)"""
+    ops = _default_ops(ops)
+    out, _ = ops.linear_forward(x, w, b)
+    return out, (w, ops)
+
+
+def frozen_linear_backward(dout, cache):
+    """dout: (..., C_out) -> dx: (..., C_in) only (no dw, no db: the weights are frozen)"""
+    w, ops = cache
+    # forward was: out = x @ w + b  ->  dx = dout @ w^T, as a forward product (linear_backward would form dw)
+    dx, _ = ops.linear_forward(dout, w.T, None)
+    return dx
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -271,10 +367,7 @@ def mlp_forward(x, w_fc, b_fc, w_proj, b_proj, *, ops=None):
     -> out: (..., C). (H = 4C in GPT-2; any H works.) ops: the hot ops to run on
     (`backend.get_ops(...)`), default this module's functions. cache = (fc, gelu, proj, ops)
     """
-    if ops is None:
-        from .attention import reference_ops  # the backend namespace imports this module
-
-        ops = reference_ops()
+    ops = _default_ops(ops)
     h, fc_cache = ops.linear_forward(x, w_fc, b_fc)  # (..., H)
     a, gelu_cache = ops.gelu_forward(h)
     out, proj_cache = ops.linear_forward(a, w_proj, b_proj)  # (..., C)
@@ -321,10 +414,7 @@ def swiglu_forward(x, w_fc, b_fc, w_proj, b_proj, *, ops=None):
     The same signature as `mlp_forward`, so the block switches MLPs by name. Three matrices
     instead of two: H = 8C/3 (not 4C) keeps the parameter count of GPT-2's MLP.
     """
-    if ops is None:
-        from .attention import reference_ops  # the backend namespace imports this module
-
-        ops = reference_ops()
+    ops = _default_ops(ops)
     h, fc_cache = ops.linear_forward(x, w_fc, b_fc)  # (..., 2H)
     H = h.shape[-1] // 2
     gate, up = h[..., :H], h[..., H:]  # (..., H) each

@@ -62,7 +62,7 @@ from .block import (
     tied_head_backward,
     tied_head_forward,
 )
-from .layers import sinusoidal_table
+from .layers import frozen_linear_backward, frozen_linear_forward, sinusoidal_table
 from .params import ParamStore
 from .validation import ConfigDict, check_array, check_ids, check_model_config, check_number
 
@@ -240,35 +240,41 @@ class GPT(ParamStore):
 
     # ------------------------------------------------------------------------- forward
 
-    def forward(self, ids, targets=None, *, train=False, rng=None, kv_cache=None):
+    def forward(self, ids, targets=None, *, train=False, rng=None, kv_cache=None, lora=None):
         """ids: (B, T) int in [0, V) -> logits: (B, T, V), loss: float or None
 
         targets: (B, T) int (or -100 to ignore a position) -> loss = mean cross-entropy.
         train=True applies dropout, drawn from `rng` (a np.random.Generator the trainer owns).
         kv_cache: a `KVCache` to decode incrementally (inference only): ids are the positions
         after the cached ones, and their keys/values are appended to the cache.
-        After a forward with targets, `backward()` computes the gradients.
+        lora: a `lora.LoRA` whose adapters run on this model's (frozen) linear layers.
+        After a forward with targets, `backward()` computes the gradients; after one with
+        targets or train=True, `backward_from_logits(dlogits)` those of any loss of the logits.
         """
         if kv_cache is not None and targets is not None:
             raise ValueError("kv_cache: only for inference (train=False, targets=None)")
-        xf, hidden_c = self.hidden_forward(ids, train=train, rng=rng, kv_cache=kv_cache)
-        if self.config.tie_embeddings:
+        xf, hidden_c = self.hidden_forward(ids, train=train, rng=rng, kv_cache=kv_cache, lora=lora)
+        w_head = self.p["wte"].T if self.config.tie_embeddings else self.p["lm_head.w"]  # (C, V), .T a view
+        if lora is not None:  # the head is frozen too: its backward is dx only
+            logits, head_c = frozen_linear_forward(xf, w_head, None, ops=self.ops)  # (B, T, V)
+        elif self.config.tie_embeddings:
             logits, head_c = tied_head_forward(xf, self.p["wte"], None, self.ops)  # (B, T, V)
         else:
-            logits, head_c = self.ops.linear_forward(xf, self.p["lm_head.w"], None)  # (B, T, V)
+            logits, head_c = self.ops.linear_forward(xf, w_head, None)  # (B, T, V)
         loss, loss_c = None, None
         if targets is not None:
             loss_arr, loss_c = self.ops.cross_entropy_forward(logits, targets)
             loss = float(loss_arr)
-        self._cache = (hidden_c, head_c, loss_c) if targets is not None else None
+        keep = targets is not None or train  # train without targets: another loss's backward follows
+        self._cache = (hidden_c, head_c, loss_c, logits.shape, lora) if keep else None
         return logits, loss
 
-    def hidden_forward(self, ids, *, train=False, rng=None, kv_cache=None):
+    def hidden_forward(self, ids, *, train=False, rng=None, kv_cache=None, lora=None):
         """ids: (B, T) int in [0, V) -> h: (B, T, C), cache
 
         The network up to and including the final layer norm: the hidden states the LM head
         reads, for other heads to read too (`finetuning.GPTClassifier`). `hidden_backward(dh,
-        cache)` is its backward. train, rng, kv_cache as in `forward`.
+        cache)` is its backward. train, rng, kv_cache, lora as in `forward`.
         """
         cfg = self.config
         check_ids("ids", ids, cfg.vocab_size)
@@ -288,19 +294,42 @@ class GPT(ParamStore):
         table = self.p["wpe"] if cfg.pos == "learned" else self._pe  # None with RoPE
         x, emb_c = embed_forward(ids, self.p["wte"], table, offset=offset, p_drop=p_drop, rng=rng, train=train)
         xf, stack_c = stack_forward(x, self.p, self.prefixes, self.block, self.ops, "ln_f", kv_cache=kv_cache,
-                                    p_drop=p_drop, rng=rng, train=train)  # (B, T, C)
-        return xf, (emb_c, stack_c)
+                                    p_drop=p_drop, rng=rng, train=train, lora=lora)  # (B, T, C)
+        return xf, (emb_c, stack_c, lora)
 
     # ------------------------------------------------------------------------- backward
 
-    def backward(self):
+    def backward(self, lora=None):
         """Gradient of the last forward's loss with respect to every parameter, written into
-        `model.grads` (every entry is overwritten, so there is no zero_grad). Returns `model.grads`."""
-        if self._cache is None:
+        `model.grads` (every entry is overwritten, so there is no zero_grad). Returns `model.grads`.
+        After a forward with a LoRA: the adapters' gradients only, into the LoRA's grads (returned;
+        see `backward_from_logits`)."""
+        if self._cache is None or self._cache[2] is None:
             raise ValueError("backward: expected a preceding forward(ids, targets) with targets, got none")
-        hidden_c, head_c, loss_c = self._cache
+        dlogits = self.ops.cross_entropy_backward(np.ones((), dtype=self.dtype), self._cache[2])  # (B, T, V)
+        return self.backward_from_logits(dlogits, lora)
+
+    def backward_from_logits(self, dlogits, lora=None):
+        """dlogits: (B, T, V), the gradient of any loss at the last forward's logits (that forward
+        had targets or train=True) -> the gradient buffer it wrote.
+
+        Without a LoRA: every parameter's gradient, into `model.grads` (returned). With the LoRA
+        the forward ran with (`lora` defaults to it; if given it must be that one): only the
+        adapters' gradients, into `lora.grads` (returned): no dw of the frozen linears, no
+        embedding gradient, and through the head only dx."""
+        if self._cache is None:
+            raise ValueError("backward_from_logits: expected a preceding forward with targets or train=True, got none")
+        hidden_c, head_c, _, shape, used = self._cache
+        if lora is not None and lora is not used:
+            raise ValueError("lora: expected the LoRA the forward ran with (or None), got another")
+        check_array("dlogits", dlogits, shape=shape)
+        if used is None and self.grads is None:
+            raise ValueError("backward: this model is frozen (freeze()), it has no gradient buffer")
         self._cache = None  # one backward per forward: the caches are consumed
-        dlogits = self.ops.cross_entropy_backward(np.ones((), dtype=self.dtype), loss_c)  # (B, T, V)
+        if used is not None:
+            # forward was: logits = xf @ w_head (frozen)  ->  dxf = dlogits @ w_head^T, nothing else
+            self.hidden_backward(frozen_linear_backward(dlogits, head_c), hidden_c)
+            return used.grads
         if not self.config.tie_embeddings:
             dxf, self.g["lm_head.w"][...], _ = self.ops.linear_backward(dlogits, head_c)
             self.hidden_backward(dxf, hidden_c)
@@ -315,16 +344,17 @@ class GPT(ParamStore):
         """dh: (B, T, C), the gradient at `hidden_forward`'s output; writes into `model.grads` the
         gradients of ln_f, of blocks first_block .. L-1 and, if `embeddings` (which needs
         first_block = 0), of wte and wpe. Nothing else is written: a caller that trains only the
-        top of the network stops early and zeroes the rest itself (`finetuning.GPTClassifier`)."""
+        top of the network stops early and zeroes the rest itself (`finetuning.GPTClassifier`).
+        After a forward with a LoRA (the cache knows): only the adapters' gradients, into the
+        LoRA's grads; the base is frozen, so no embedding gradient whatever `embeddings` says."""
         if embeddings and first_block != 0:
             raise ValueError(f"first_block: expected 0 when embeddings=True, got {first_block}")
-        emb_c, stack_c = cache
-        dx, _ = stack_backward(dh, stack_c, self.g, first_block)
-        if embeddings:
+        emb_c, stack_c, lora = cache
+        dx, _ = stack_backward(dh, stack_c, self.g if lora is None else lora.g, first_block)
+        if embeddings and lora is None:
             dwte, dtable = embed_backward(dx, emb_c)
             if self.config.pos == "learned":  # a sinusoidal table is fixed: no gradient
                 self.g["wpe"][...] = dtable
             self.g["wte"][...] = dwte
 
     # ------------------------------------------------------------------------- state
-

@@ -14,7 +14,8 @@ initialise its matrices (`init_std`); everything else here is shared.
 
 Freezing: `frozen` is the number of leading buffer entries that training leaves alone (their
 gradient is zero, the optimiser skips them). Models lay parameters out bottom-up (embeddings,
-block 0, ..., block L-1, final norm, heads), so "train only the top k blocks" is one offset.
+block 0, ..., block L-1, final norm, heads), so "train only the top k blocks" is one offset. `freeze()` freezes a whole model for good: it
+drops the gradient buffer (grads = None, g = {}), as LoRA does to its base (`lora.py`).
 
 Dimension legend: N number of parameters (the buffer's length).
 
@@ -56,6 +57,13 @@ class ParamStore:
         self.params, self.grads = params, grads
         self.p = self.views(params)
         self.g = self.views(grads)
+
+    def freeze(self):
+        """Freeze every parameter for good: drop the gradient buffer (grads = None, g = {}), so
+        nothing can be written there and no optimiser should be built on this store. The
+        parameters are untouched. Returns self."""
+        self.grads, self.g = None, {}
+        return self
 
     def views(self, flat):
         """{name: view} of a flat array laid out like `params` (also used for optimiser moments)."""

@@ -97,7 +97,7 @@ class Trainer:
         # the batches of one objective; a token stream means language modelling (GPT)
         self.task = data
         if isinstance(data, TokenData):
-            if getattr(model, "kind", None) != "gpt":
+            if getattr(model, "base_kind", getattr(model, "kind", None)) != "gpt":  # a GPT, or a LoRA of one
                 raise ValueError(f"data: a TokenData stream is next-token data for a GPT; a {type(model).__name__} "
                                  "needs its task from tasks.py (e.g. MaskedLMTask for BERT, TranslationTask, "
                                  "ClassificationTask)")

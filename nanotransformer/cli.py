@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from . import cli_chat
 from . import cli_tasks as per_kind
 from .backend import BACKENDS
 from .block import MLP_KINDS, NORM_KINDS
@@ -63,31 +64,31 @@ def _int_at_least(low, what):
     return parse
 
 
-_positive_int = _int_at_least(1, "positive")
-_nonneg_int = _int_at_least(0, "non-negative")
+positive_int = _int_at_least(1, "positive")
+nonneg_int = _int_at_least(0, "non-negative")
 
 
 MODEL_FLAGS = [  # (flag, type, help); defaults in cli_tasks.MODEL_DEFAULTS
-    ("--block-size", _positive_int, "context length T; seq2seq: max_len, at least the longest source or target + 1"),
-    ("--n-layer", _positive_int, "transformer blocks L (seq2seq: encoder blocks = decoder blocks)"),
-    ("--n-head", _positive_int, "attention heads NH"),
-    ("--d-model", _positive_int, "channels C"),
+    ("--block-size", positive_int, "context length T; seq2seq: max_len, at least the longest source or target + 1"),
+    ("--n-layer", positive_int, "transformer blocks L (seq2seq: encoder blocks = decoder blocks)"),
+    ("--n-head", positive_int, "attention heads NH"),
+    ("--d-model", positive_int, "channels C"),
     ("--dropout", float, "dropout probability (embeddings and residual branches)"),
     ("--label-smoothing", float, "seq2seq: the training loss's label smoothing (eval reports plain cross-entropy)"),
 ]
 TRAIN_FLAGS = [  # defaults in cli_tasks.TRAIN_DEFAULTS
-    ("--batch-size", _positive_int, "sequences (pairs, sentences) per step B"),
-    ("--max-steps", _positive_int, "optimiser steps in total (the learning-rate schedule's length)"),
+    ("--batch-size", positive_int, "sequences (pairs, sentences) per step B"),
+    ("--max-steps", positive_int, "optimiser steps in total (the learning-rate schedule's length)"),
     ("--lr", float, "peak learning rate"),
     ("--min-lr", float, "learning rate at the end of the cosine (default: lr/10)"),
-    ("--warmup", _nonneg_int, "linear warm-up steps"),
+    ("--warmup", nonneg_int, "linear warm-up steps"),
     ("--weight-decay", float, "AdamW decay of the 2-D weights"),
     ("--beta1", float, "AdamW's first-moment decay, in [0, 1)"),
     ("--beta2", float, "AdamW's second-moment decay, in [0, 1) (nanoGPT's Shakespeare recipe: 0.99)"),
     ("--eps", float, "AdamW's epsilon, > 0"),
     ("--grad-clip", float, "max global gradient norm, 0 = off"),
-    ("--eval-interval", _positive_int, "evaluate and checkpoint every N steps"),
-    ("--eval-iters", _positive_int, "batches per split per evaluation"),
+    ("--eval-interval", positive_int, "evaluate and checkpoint every N steps"),
+    ("--eval-iters", positive_int, "batches per split per evaluation"),
     ("--seed", int, "seed of initialisation, batches and dropout"),
 ]
 
@@ -106,17 +107,17 @@ def _flag(group, flag, typ, text, defaults):
     group.add_argument(flag, type=typ, default=None, metavar="X" if typ is float else "N", help=text)
 
 
-def _training_flags(p, defaults, title):
+def training_flags(p, defaults, title):
     g = p.add_argument_group(title)
     for flag, typ, text in TRAIN_FLAGS:
         _flag(g, flag, typ, text, defaults)
-    g.add_argument("--stop-after", type=_positive_int, default=None, metavar="N",
+    g.add_argument("--stop-after", type=positive_int, default=None, metavar="N",
                    help="stop (evaluated and checkpointed) after N steps of this run, keeping the schedule of "
                         "--max-steps; --resume then continues bit-identically")
     return g
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+class Formatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show defaults, except unset ones (None / False) and those the help text already states."""
 
     def _get_help_string(self, action):
@@ -144,7 +145,7 @@ def build_parser():
                     "translations. With the defaults, on 2 idle cores, --model gpt takes about 30 s, "
                     "--model bert and --model seq2seq about 20 s each (a busy machine: several times longer). Model and training flags left unset "
                     "take the defaults shown for the --model (or, with --resume, the checkpoint's values).",
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     t.add_argument("data", nargs="?", default=None, metavar="DATA",
                    help="gpt, bert: a text file, directory of .txt/.md files, 'alice' (built in, the default) or "
@@ -155,7 +156,7 @@ def build_parser():
     g.add_argument("--tokenizer", default=None, metavar="char|bpe|FILE",
                    help="gpt: 'char', 'bpe' (trained on DATA) or a saved tokenizer file (default: char; bert "
                         "always uses DATA's characters)")
-    g.add_argument("--vocab-size", type=_positive_int, default=None, metavar="N",
+    g.add_argument("--vocab-size", type=positive_int, default=None, metavar="N",
                    help="vocabulary size for --tokenizer bpe (default: 512)")
     g.add_argument("--val-fraction", type=float, default=None, metavar="X",
                    help="held out: the tokens at the end (gpt, bert) or, for a TSV, random pairs (default: 0.1)")
@@ -171,9 +172,9 @@ def build_parser():
     g.add_argument("--pos", choices=POS_KINDS, help="gpt: positions: learned, sinusoidal or rope (default: the --arch's)")
     g.add_argument("--norm", choices=NORM_KINDS, help="gpt: layernorm or rmsnorm (default: the --arch's)")
     g.add_argument("--mlp", choices=MLP_KINDS, help="gpt: gelu or swiglu (default: the --arch's)")
-    g.add_argument("--n-kv-head", type=_positive_int, default=None, metavar="N",
+    g.add_argument("--n-kv-head", type=positive_int, default=None, metavar="N",
                    help="gpt: key/value heads, a divisor of --n-head (1 = multi-query; default: the --arch's)")
-    g.add_argument("--d-ff", type=_positive_int, default=None, metavar="N",
+    g.add_argument("--d-ff", type=positive_int, default=None, metavar="N",
                    help="gpt: the MLP's hidden width (default: 4C for gelu, 8C/3 rounded up to 8 for swiglu)")
     g.add_argument("--rope-theta", type=float, default=None, metavar="X", help="gpt: RoPE's base (default: 10000)")
     g.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
@@ -184,13 +185,13 @@ def build_parser():
                    help="gpt: RMSNorm on each head's queries and keys (default: off)")
     g.add_argument("--backend", choices=BACKENDS + ("auto",), default=None,
                    help="hot-op implementation (default: $NANOTRANSFORMER_BACKEND, else auto)")
-    _training_flags(t, {k: per_kind.TRAIN_DEFAULTS[k] for k in per_kind.KINDS},
+    training_flags(t, {k: per_kind.TRAIN_DEFAULTS[k] for k in per_kind.KINDS},
                     "training (with --resume, given flags override the checkpoint's)")
     g = t.add_argument_group("output")
     g.add_argument("--out", default="out", metavar="DIR", help="checkpoint directory (also holds loss.png)")
     g.add_argument("--resume", action="store_true",
                    help="continue the checkpoint in --out, of any kind (bit-identically)")
-    g.add_argument("--sample-tokens", type=_nonneg_int, default=300, metavar="N",
+    g.add_argument("--sample-tokens", type=nonneg_int, default=300, metavar="N",
                    help="gpt: tokens to sample at the end; bert, seq2seq: N > 0 prints examples (0: none)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
@@ -202,7 +203,7 @@ def build_parser():
                     "test; save the classifier to --out and print its test accuracy and F1 next to a "
                     "bag-of-words logistic regression trained on the same train split. The input checkpoint "
                     "is never written to. 300 steps of a default `train` GPT take about 40 s on 2 cores.",
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     f.add_argument("checkpoint", metavar="CHECKPOINT", help="a GPT checkpoint directory (train --out)")
     f.add_argument("data", metavar="DATA", help="a file of sentence<TAB>0|1 lines, or a directory of "
@@ -211,14 +212,15 @@ def build_parser():
     g = f.add_argument_group("classifier")
     g.add_argument("--pool", choices=("last", "mean"), default="last",
                    help="last: the last real token's state (it has read the whole sentence); mean: every token's")
-    g.add_argument("--train-blocks", type=_nonneg_int, default=None, metavar="N",
+    g.add_argument("--train-blocks", type=nonneg_int, default=None, metavar="N",
                    help="train only the last N blocks, the final layer norm and the head; freeze the rest "
                         "(default: train everything)")
     g = f.add_argument_group("data")
     g.add_argument("--test-fraction", type=float, default=0.2, metavar="X", help="sentences held out for the test")
     g.add_argument("--val-fraction", type=float, default=0.1, metavar="X", help="sentences held out for validation")
     g.add_argument("--split-seed", type=int, default=0, metavar="N", help="seed of the random split")
-    _training_flags(f, {"classifier": per_kind.TRAIN_DEFAULTS["classifier"]}, "training")
+    cli_chat.lora_flags(f)
+    training_flags(f, {"classifier": per_kind.TRAIN_DEFAULTS["classifier"]}, "training")
     f.add_argument("--backend", choices=BACKENDS + ("auto",), default=None, help="hot-op implementation")
     f.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
@@ -229,22 +231,22 @@ def build_parser():
                     "beam search (--num-beams > 1). seq2seq: translate the prompt (numbers: its digits), greedy "
                     "or beam search. BERT: fill each _ of the prompt. classifier: the prompt's class and "
                     "probabilities. A flag the checkpoint's kind does not use is an error.",
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     s.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint directory (train/finetune --out)")
     s.add_argument("--prompt", default=None, metavar="TEXT",
                    help="the text; \\n stands for a newline (default for a GPT: a newline)")
-    s.add_argument("--max-new-tokens", type=_nonneg_int, default=None, metavar="N",
+    s.add_argument("--max-new-tokens", type=nonneg_int, default=None, metavar="N",
                    help="gpt, seq2seq: tokens to generate (default: 300 gpt; seq2seq: as many as max_len allows)")
     s.add_argument("--temperature", type=float, default=None, metavar="X",
                    help="gpt: 0 = greedy; <1 sharper, >1 more random (default: 0.8)")
-    s.add_argument("--top-k", type=_positive_int, default=None, metavar="K",
+    s.add_argument("--top-k", type=positive_int, default=None, metavar="K",
                    help="gpt: sample only from the k most likely tokens; bert: candidates shown per _ (default 3)")
     s.add_argument("--top-p", type=float, default=None, metavar="P",
                    help="gpt: nucleus, sample from the smallest set of tokens with probability >= p")
-    s.add_argument("--num-samples", type=_positive_int, default=None, metavar="N",
+    s.add_argument("--num-samples", type=positive_int, default=None, metavar="N",
                    help="gpt: independent samples, one batch (default: 1)")
-    s.add_argument("--num-beams", type=_positive_int, default=None, metavar="N",
+    s.add_argument("--num-beams", type=positive_int, default=None, metavar="N",
                    help="gpt, seq2seq: beam search with this many beams (>1) (default: 1)")
     s.add_argument("--length-penalty", type=float, default=None, metavar="X",
                    help="beam search; gpt: score / length**X (default: 1.0); seq2seq: GNMT's score / "
@@ -262,29 +264,32 @@ def build_parser():
                     "text, masked with --seed. seq2seq: exact match and BLEU on 'numbers' or a TSV file "
                     "(the run's own data: its held-out pairs). classifier: accuracy and F1 on a sentiment file "
                     "or directory (the run's own data: its held-out test split).",
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     e.add_argument("file", metavar="FILE", help="the DATA, as for train or finetune: text file, directory, corpus "
                                                 "name, 'numbers', a TSV file or sentiment data")
     e.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint directory (train/finetune --out)")
-    e.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+    e.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                    help="rows per forward pass (default: 16 windows for gpt/bert, 256 pairs or sentences)")
-    e.add_argument("--num-beams", type=_positive_int, default=None, metavar="N",
+    e.add_argument("--num-beams", type=positive_int, default=None, metavar="N",
                    help="seq2seq: beam search with this many beams (default: greedy)")
     e.add_argument("--seed", type=int, default=None, metavar="N", help="bert: seed of the masking (default: 0)")
     e.add_argument("--backend", choices=BACKENDS + ("auto",), default=None, help="hot-op implementation")
+
+    # ------------------------------------------------------------------------- sft, chat, dpo
+    cli_chat.add_parsers(sub, Formatter, training_flags, positive_int, nonneg_int, BACKENDS + ("auto",))
     return p
 
 
 # ----------------------------------------------------------------------------- train, finetune
 
 
-def _train_overrides(args):
+def train_overrides(args):
     keys = list(TRAIN_DEFAULTS) + ["min_lr"]
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
-def _check_adamw_flags(args):
+def check_adamw_flags(args):
     for name in ("beta1", "beta2"):
         v = getattr(args, name)
         if v is not None and not 0.0 <= v < 1.0:
@@ -297,7 +302,7 @@ def cmd_train(args, out=print):
     from .checkpoint import has_checkpoint, load_checkpoint, read_sidecar
     from .train import TrainConfig, Trainer
 
-    _check_adamw_flags(args)
+    check_adamw_flags(args)
     out_dir = Path(args.out)
     if args.resume:
         sc = read_sidecar(out_dir)  # validates before any work
@@ -309,7 +314,7 @@ def cmd_train(args, out=print):
         ckpt = load_checkpoint(out_dir, backend=args.backend)
         run = per_kind.resume_run(ckpt, args.data)
         trainer = Trainer.from_checkpoint(ckpt, run.task, progress=not args.no_progress,
-                                          overrides=_train_overrides(args))
+                                          overrides=train_overrides(args))
         what = run.name if kind == "gpt" else f"{run.name}; {kind}"
         out(f"resuming {out_dir} at step {trainer.step} of {trainer.config.max_steps} ({what})")
         if trainer.step >= trainer.config.max_steps:
@@ -317,7 +322,7 @@ def cmd_train(args, out=print):
     else:
         kind = args.model or "gpt"
         per_kind.reject_flags(args, [d for d, kinds in per_kind.ONLY_FOR.items() if kind not in kinds], f"--model {kind}")
-        tcfg = TrainConfig(**{**per_kind.TRAIN_DEFAULTS[kind], **_train_overrides(args)})
+        tcfg = TrainConfig(**{**per_kind.TRAIN_DEFAULTS[kind], **train_overrides(args)})
         model, run = per_kind.new_run(kind, args, tcfg.seed)
         if has_checkpoint(out_dir):
             out(f"note: {out_dir} already holds a checkpoint; this run replaces it at its first evaluation "
@@ -326,10 +331,10 @@ def cmd_train(args, out=print):
                           progress=not args.no_progress, data_meta=run.meta)
         for line in per_kind.describe(run, model, tcfg):
             out(line)
-    _fit_and_report(trainer, run, args, out_dir, out, args.sample_tokens)
+    fit_and_report(trainer, run, args, out_dir, out, args.sample_tokens)
 
 
-def _fit_and_report(trainer, run, args, out_dir, out, sample_tokens):
+def fit_and_report(trainer, run, args, out_dir, out, sample_tokens):
     trainer.fit(log=out if args.no_progress else None, stop_after=args.stop_after)
     ev = trainer.history["eval"][-1] if trainer.history["eval"] else None
     if ev is not None:
@@ -347,7 +352,7 @@ def cmd_finetune(args, out=print):
     from .finetuning import GPTClassifier
     from .train import TrainConfig, Trainer
 
-    _check_adamw_flags(args)
+    check_adamw_flags(args)
     src, out_dir = Path(args.checkpoint), Path(args.out)
     if out_dir.resolve() == src.resolve():
         raise ValueError(f"--out: refusing to write the classifier over the input checkpoint {src} (choose "
@@ -364,17 +369,26 @@ def cmd_finetune(args, out=print):
                          f"got {args.train_blocks}")
     meta = {**per_kind.sentiment_meta(args.data, args), "pretrained": str(src.resolve()), "pretrained_step": ckpt.step}
     run = per_kind.sentiment_run(meta, ckpt.tokenizer, gpt.config.block_size)
-    tcfg = TrainConfig(**{**per_kind.TRAIN_DEFAULTS["classifier"], **_train_overrides(args)})
+    tcfg = TrainConfig(**{**per_kind.TRAIN_DEFAULTS["classifier"], **train_overrides(args)})
     clf = GPTClassifier(gpt, n_classes=2, pool=args.pool, train_blocks=args.train_blocks, seed=tcfg.seed)
+    if args.lora_rank is not None and args.train_blocks is not None:
+        raise ValueError("--train-blocks: not with --lora-rank (LoRA freezes the whole GPT and adapts every block)")
+    model = cli_chat.maybe_lora(args, clf, ckpt.tokenizer, src, True, out_dir, out, why="the classifier's head is new")
     if has_checkpoint(out_dir):
         out(f"note: {out_dir} already holds a checkpoint; this run replaces it at its first evaluation")
-    trainer = Trainer(clf, run.task, tcfg, tokenizer=ckpt.tokenizer, out_dir=out_dir, progress=not args.no_progress,
+    trainer = Trainer(model, run.task, tcfg, tokenizer=ckpt.tokenizer, out_dir=out_dir, progress=not args.no_progress,
                       data_meta=meta)
     out(f"data: {run.name}, {len(run.labels):,} sentences ({np.mean(run.labels):.0%} positive), {len(run.train):,} "
         f"train / {len(run.val):,} val / {len(run.test):,} test, cut to {gpt.config.block_size} tokens")
     out(f"model: GPT of {src} (step {ckpt.step}) + a classification head ({args.pool}-token pooling), "
-        f"{clf.num_params():,} parameters, {clf.num_trained():,} trained; {tcfg.max_steps} steps of {tcfg.batch_size} sentences")
-    _fit_and_report(trainer, run, args, out_dir, out, 0)
+        f"{clf.num_params():,} parameters, {_num_trained(model):,} trained"
+        + (f" (LoRA rank {model.rank} on {','.join(model.targets)})" if model is not clf else "")
+        + f"; {tcfg.max_steps} steps of {tcfg.batch_size} sentences")
+    fit_and_report(trainer, run, args, out_dir, out, 0)
+
+
+def _num_trained(model):
+    return model.num_trained() if hasattr(model, "num_trained") else model.num_trainable()
 
 
 # ----------------------------------------------------------------------------- generate, eval
@@ -392,6 +406,8 @@ def cmd_generate(args, out=print):
     from .checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
+    if ckpt.model.kind == "lora":  # adapters: merged into their base, a GPT or a classifier at plain speed
+        ckpt.model = ckpt.model.merged_model()
     kind = ckpt.model.kind
     per_kind.reject_flags(args, [d for d in GENERATE_FLAGS["gpt"] if d not in GENERATE_FLAGS[kind]], f"a {kind} checkpoint")
     if ckpt.tokenizer is None:
@@ -501,7 +517,8 @@ def main(argv=None):
         return 2
     from .train import TrainingDiverged
 
-    cmd = {"train": cmd_train, "finetune": cmd_finetune, "generate": cmd_generate, "eval": cmd_eval}[args.command]
+    cmd = {"train": cmd_train, "finetune": cmd_finetune, "generate": cmd_generate, "eval": cmd_eval,
+           "sft": cli_chat.cmd_sft, "chat": cli_chat.cmd_chat, "dpo": cli_chat.cmd_dpo}[args.command]
     old = warnings.showwarning
     warnings.showwarning = _show_warning
     try:

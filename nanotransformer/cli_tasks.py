@@ -434,8 +434,10 @@ def report(run, model, tokenizer, sample_tokens, out):
         pred = model.predict(run.ids[te], run.lengths[te])
         bow = BowLogisticRegression().fit([run.sentences[i] for i in tr], y[tr])
         base = bow.predict([run.sentences[i] for i in te])
-        blocks = "all weights" if model.train_blocks is None else f"last {model.train_blocks} block(s) + head"
-        rows = [(f"fine-tuned GPT ({blocks}, {model.pool}-token pooling)", pred), ("bag-of-words logistic regression", base)]
+        clf = model.base if model.kind == "lora" else model
+        blocks = ("all weights" if clf.train_blocks is None else f"last {clf.train_blocks} block(s) + head") \
+            if model.kind != "lora" else f"LoRA r={model.rank} + head"  # fmt: skip
+        rows = [(f"fine-tuned GPT ({blocks}, {clf.pool}-token pooling)", pred), ("bag-of-words logistic regression", base)]
         out(f"test split ({len(te):,} held-out sentences; {len(tr):,} trained on):")
         for what, p in rows:
             out(f"  {what:<50} accuracy {accuracy(y[te], p):.3f}  F1 {f1_score(y[te], p):.3f}")
@@ -480,7 +482,7 @@ def fill_mask_example(model, vocab, stream):
 # ----------------------------------------------------------------------------- eval, per kind
 
 
-EVAL_FLAGS = {"gpt": (), "bert": ("seed",), "seq2seq": ("num_beams",), "classifier": ()}
+EVAL_FLAGS = {"gpt": (), "bert": ("seed",), "seq2seq": ("num_beams",), "classifier": (), "lora": ()}
 
 
 def evaluate(ckpt, args, out):
@@ -490,6 +492,14 @@ def evaluate(ckpt, args, out):
     if ckpt.tokenizer is None:
         raise ValueError(f"{args.checkpoint}: the checkpoint has no tokenizer, so it cannot read text")
     where = f"checkpoint {args.checkpoint}, step {ckpt.step}"
+    if args.file == "skills":  # exact match of a chat model on the held-out skills (cli_chat.py)
+        from .cli_chat import chat_model, skills_report
+
+        skills_report(chat_model(ckpt, args.checkpoint), ckpt.tokenizer, out)
+        return
+    if kind == "lora":  # adapters merged into their base: a GPT (or a classifier)
+        ckpt.model = ckpt.model.merged_model()
+        kind = ckpt.model.kind
     model, tok, meta = ckpt.model, ckpt.tokenizer, ckpt.meta.get("data") or {}
     if kind in ("gpt", "bert"):
         from .data import load_text

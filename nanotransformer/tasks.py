@@ -442,3 +442,46 @@ class CLSClassificationTask(ClassificationTask):
     def get_batch(self, split, batch_size, rng):
         ids, _, labels = super().get_batch(split, batch_size, rng)
         return ids, labels
+
+
+class SFTTask:
+    """Instruction tuning: (x, y), each (B, T), of packed conversations (`chat.sft_pair`), y the
+    next id on assistant tokens and IGNORE_INDEX elsewhere.
+
+    pairs: {"train": [(x, y)], "val": [(x, y)]}, 1-D int64 arrays per conversation. Packing: each
+    row is filled with whole conversations drawn at random until the next one does not fit; the
+    rest of the row is padding (x = pad_id, y = IGNORE_INDEX: the chat commands pad with <|end|>,
+    which the loss never sees there), and the batch is cut to its
+    longest row. A conversation can attend to the ones before it in its row (no block-diagonal
+    mask: the fused attention kernel takes none); each starts with its own <|user|>, and the
+    loss never sees a padding or a user token. Conversations longer than block_size are left
+    out (`dropped` counts them per split)."""
+
+    perplexity = False
+
+    def __init__(self, pairs, block_size, pad_id, source="conversations"):
+        self.block_size, self.pad_id, self.source = block_size, pad_id, source
+        self.pairs, self.dropped = {}, {}
+        for split, ps in pairs.items():
+            kept = [(x, y) for x, y in ps if len(x) <= block_size]
+            self.dropped[split] = len(ps) - len(kept)
+            if not kept:
+                raise ValueError(f"{source}: no {split} conversation fits in the block size {block_size} "
+                                 f"({len(ps)} given); expected a larger --block-size or shorter conversations")
+            self.pairs[split] = kept
+
+    def get_batch(self, split, batch_size, rng):
+        pairs, T = self.pairs[split], self.block_size
+        x = np.full((batch_size, T), self.pad_id, dtype=np.int64)
+        y = np.full((batch_size, T), IGNORE_INDEX, dtype=np.int64)
+        longest = 1
+        for b in range(batch_size):
+            fill = 0
+            while True:
+                px, py = pairs[int(rng.integers(len(pairs)))]
+                if fill + len(px) > T:
+                    break
+                x[b, fill : fill + len(px)], y[b, fill : fill + len(px)] = px, py
+                fill += len(px)
+            longest = max(longest, fill)
+        return x[:, :longest], y[:, :longest]

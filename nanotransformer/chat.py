@@ -1,0 +1,244 @@
+"""Chat: the template that turns a conversation into tokens, the loss mask of instruction tuning,
+and a session that keeps a multi-turn history inside the context window.
+
+    tok, model = add_chat_tokens(tok, model, texts)     # register <|user|> ... (and resize the vocab)
+    ids, train = encode_chat(tok, messages)             # one id list, and which ids the loss sees
+    x, y = sft_pair(tok, messages)                      # y = next id on assistant tokens, -100 elsewhere
+    session = ChatSession(model, tok, temperature=0)
+    answer, notes = session.reply("What is 47 + 38?", on_text=print)
+
+The template. Every message is its role token, its text and <|end|>:
+
+    <|system|>Be brief.<|end|><|user|>What is 47 + 38?<|end|><|assistant|>85<|end|>
+
+and a prompt for the next answer ends with <|assistant|> (`add_generation_prompt`). The four
+tokens are special tokens of the tokenizer (`CHAT_TOKENS`): each one id, produced only by the
+template. Message texts are encoded with `encode_ordinary`, so "<|end|>" typed by a user is seven
+characters of text, never the control token (the tests check this).
+
+Instruction tuning (SFT) is next-token prediction on these ids with the loss only where the
+assistant speaks: targets are the next id where that id is an assistant text token or the
+<|end|> that closes it (so the model learns to stop), and `IGNORE_INDEX` (-100) everywhere else
+— the model is not trained to predict the user's words. `tasks.SFTTask` packs such sequences
+into batches.
+
+Dimension legend: T time (block size), V vocab.
+
+Does not: apply a model's own published chat template (Llama's, ChatML): a model fine-tuned here
+uses this one; or stream partial UTF-8 characters (the session prints whole characters only).
+"""
+from dataclasses import replace
+
+import numpy as np
+
+from .tasks import IGNORE_INDEX
+
+SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
+CHAT_TOKENS = (SYSTEM, USER, ASSISTANT, END)
+ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
+
+
+def has_chat_tokens(tokenizer):
+    return all(t in getattr(tokenizer, "special_tokens", {}) for t in CHAT_TOKENS)
+
+
+def chat_ids(tokenizer):
+    """{token: id} of the four chat tokens; ValueError if the tokenizer lacks them."""
+    if not has_chat_tokens(tokenizer):
+        raise ValueError(f"tokenizer: expected the chat tokens {list(CHAT_TOKENS)} (a model instruction-tuned "
+                         "with `nanotransformer sft`), got a tokenizer without them")
+    return {t: tokenizer.special_tokens[t] for t in CHAT_TOKENS}
+
+
+def render(messages, add_generation_prompt=False):
+    """The template as text (what `encode_chat` encodes), for reading."""
+    text = "".join(ROLE_TOKENS[m["role"]] + m["content"] + END for m in messages)
+    return text + (ASSISTANT if add_generation_prompt else "")
+
+
+def encode_chat(tokenizer, messages, add_generation_prompt=False):
+    """messages: [{"role", "content"}] -> ids: list[int], train: list[bool] (same length)
+
+    train[i] is True on the tokens an assistant message consists of: its text and its closing
+    <|end|> (not its role token, which the template supplies)."""
+    sp = chat_ids(tokenizer)
+    ids, train = [], []
+    for m in messages:
+        body = tokenizer.encode_ordinary(m["content"]) + [sp[END]]
+        ids += [sp[ROLE_TOKENS[m["role"]]]] + body
+        train += [False] + [m["role"] == "assistant"] * len(body)
+    if add_generation_prompt:
+        ids.append(sp[ASSISTANT])
+        train.append(False)
+    return ids, train
+
+
+def sft_pair(tokenizer, messages):
+    """messages -> x: (T,) int64, y: (T,) int64: y[t] = ids[t + 1] where that token is trained,
+    IGNORE_INDEX elsewhere (T = number of ids - 1)."""
+    ids, train = encode_chat(tokenizer, messages)
+    ids = np.asarray(ids, dtype=np.int64)
+    y = np.where(np.asarray(train[1:]), ids[1:], IGNORE_INDEX)
+    return ids[:-1], y
+
+
+# ----------------------------------------------------------------------------- preparing a model
+
+
+def add_chat_tokens(tokenizer, model=None, texts=()):
+    """Register the chat tokens (and, for a character tokenizer, every character of `texts` it
+    lacks) -> (tokenizer, model). New ids come after the existing ones, so a pretrained model
+    keeps its meaning: its embedding (and untied head) gain rows for the new ids, initialised to
+    the mean of the existing rows (a new token starts as an "average" token, not as noise;
+    Hewitt 2021). Returns the same objects when nothing is missing."""
+    from .tokenizer import BPETokenizer, CharTokenizer
+
+    missing = [t for t in CHAT_TOKENS if t not in getattr(tokenizer, "special_tokens", {})]
+    if isinstance(tokenizer, CharTokenizer):
+        chars = "".join(texts)
+        if missing or any(c not in tokenizer.stoi for c in set(chars)):
+            tokenizer = tokenizer.with_tokens(chars, missing)
+    elif isinstance(tokenizer, BPETokenizer):
+        if missing:
+            V = tokenizer.vocab_size
+            tokenizer.register_special_tokens({t: V + k for k, t in enumerate(missing)})
+    else:
+        raise ValueError(f"tokenizer: expected a CharTokenizer or BPETokenizer, got {type(tokenizer).__name__}")
+    if model is not None and model.config.vocab_size < tokenizer.vocab_size:
+        model = resize_vocab(model, tokenizer.vocab_size)
+    return tokenizer, model
+
+
+def resize_vocab(model, vocab_size):
+    """A copy of GPT `model` with vocab_size >= its own: rows (columns of an untied head) for the
+    new ids are the mean of the old ones; every other parameter is copied."""
+    from .model import GPT
+
+    V = model.config.vocab_size
+    if vocab_size < V:
+        raise ValueError(f"vocab_size: expected at least the model's {V}, got {vocab_size}")
+    new = GPT(replace(model.config, vocab_size=vocab_size), dtype=model.dtype, seed=None)
+    for name, t in model.p.items():
+        if name == "wte":
+            new.p[name][:V] = t
+            new.p[name][V:] = t.mean(axis=0)
+        elif name == "lm_head.w":
+            new.p[name][:, :V] = t
+            new.p[name][:, V:] = t.mean(axis=1, keepdims=True)
+        else:
+            new.p[name][...] = t
+    return new
+
+
+# ----------------------------------------------------------------------------- a conversation
+
+
+class ChatSession:
+    """A multi-turn conversation with a chat model (a GPT whose tokenizer has `CHAT_TOKENS`).
+
+    reply(text) appends the user's turn, decodes the assistant's answer (streamed through
+    on_text(new_text) as it is produced) until <|end|> or max_new_tokens, and appends it too.
+    History and answer must fit in the block: before decoding, the oldest exchanges are dropped
+    until the prompt leaves room for max_new_tokens (at most half the block); a turn too
+    long even alone is cut from its start. Each drop is reported in the returned notes, never an
+    error. Characters a character-level model has no id for are left out, with a note.
+    Sampling: temperature (0 = greedy), top_k, top_p, seed, as `generation.generate`.
+    """
+
+    def __init__(self, model, tokenizer, *, system=None, max_new_tokens=64, temperature=0.0, top_k=None,
+                 top_p=None, seed=0):  # fmt: skip
+        self.sp = chat_ids(tokenizer)
+        self.model, self.tokenizer, self.system = model, tokenizer, system
+        bs = model.config.block_size
+        self.max_new_tokens = max(1, min(int(max_new_tokens), bs // 2))
+        self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+        self.rng = np.random.default_rng(seed)
+        self.history = []
+
+    def reset(self):
+        self.history = []
+
+    def _clean(self, text):
+        """text -> (text the tokenizer can encode, note or None)."""
+        stoi = getattr(self.tokenizer, "stoi", None)
+        if stoi is None or getattr(self.tokenizer, "unk_id", None) is not None:
+            return text, None
+        bad = sorted({c for c in text if c not in stoi})
+        if not bad:
+            return text, None
+        shown = "".join(bad[:10]) + ("..." if len(bad) > 10 else "")
+        return "".join(c for c in text if c in stoi), f"note: left out characters the model does not know: {shown!r}"
+
+    def _prompt(self, notes):
+        """The prompt ids of system + history + the generation prompt, dropping old turns to fit."""
+        bs = self.model.config.block_size
+        budget = bs - self.max_new_tokens
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        while True:
+            ids, _ = encode_chat(self.tokenizer, head + self.history, add_generation_prompt=True)
+            if len(ids) <= budget or len(self.history) <= 1:
+                break
+            self.history = self.history[2:]  # the oldest user + assistant exchange
+            notes.append("note: the conversation is longer than the model's context; dropped the oldest exchange")
+        if len(ids) > budget:  # one turn alone: keep the template's tokens, cut the text from its start
+            sp = self.sp
+            text = self.tokenizer.encode_ordinary(self.history[-1]["content"])
+            head_ids = encode_chat(self.tokenizer, head)[0] if head else []
+            if len(head_ids) + 3 >= budget:
+                head_ids = []
+            keep = budget - len(head_ids) - 3
+            ids = head_ids + [sp[USER]] + text[-keep:] + [sp[END], sp[ASSISTANT]]
+            notes.append(f"note: this turn alone is longer than the model's context; kept its last {keep} tokens"
+                         + ("" if head_ids or not head else " (and left out the system message)"))
+        return np.asarray(ids, dtype=np.int64)
+
+    def reply(self, text, on_text=None):
+        """The user's turn `text` -> (answer: str, notes: list[str])."""
+        from .generation import generate_ids
+
+        text, note = self._clean(text)
+        notes = [note] if note else []
+        self.history.append({"role": "user", "content": text})
+        prompt = self._prompt(notes)
+        stops = set(self.sp.values())  # <|end|>, or any other template token the model emits
+        shown = [""]
+
+        def stream(ids):
+            new = [int(t) for t in ids[0, len(prompt):] if int(t) not in stops]
+            s = self.tokenizer.decode(new)
+            if s.endswith("\ufffd"):  # half a UTF-8 character: wait for the rest
+                return
+            if on_text is not None and len(s) > len(shown[0]):
+                on_text(s[len(shown[0]):])
+            shown[0] = s
+
+        out = generate_ids(self.model, prompt, self.max_new_tokens, rng=self.rng, on_token=stream,
+                           should_stop=lambda new: int(new[-1]) in stops, **self.sampling)  # fmt: skip
+        new = [int(t) for t in out[0, len(prompt):]]
+        cut = next((i for i, t in enumerate(new) if t in stops), len(new))
+        answer = self.tokenizer.decode(new[:cut])
+        if on_text is not None and len(answer) > len(shown[0]):
+            on_text(answer[len(shown[0]):])
+        if cut == len(new):
+            notes.append(f"note: the answer reached --max-new-tokens ({self.max_new_tokens}) without <|end|>")
+        self.history.append({"role": "assistant", "content": answer})
+        return answer, notes
+
+
+def answer(model, tokenizer, messages, max_new_tokens=32):
+    """The greedy answer of a chat model to a conversation ending with a user message (the
+    exact-match evaluation of `nanotransformer eval ... skills`) -> str."""
+    from .generation import generate_ids
+
+    sp = chat_ids(tokenizer)
+    ids, _ = encode_chat(tokenizer, messages, add_generation_prompt=True)
+    stops = set(sp.values())
+    room = model.config.block_size - len(ids)
+    if room < 1:
+        raise ValueError(f"messages: expected a conversation shorter than the block size {model.config.block_size}, "
+                         f"got {len(ids)} tokens")
+    out = generate_ids(model, np.asarray(ids), min(max_new_tokens, room), temperature=0,
+                       should_stop=lambda new: int(new[-1]) in stops)  # fmt: skip
+    new = [int(t) for t in out[0, len(ids):]]
+    cut = next((i for i, t in enumerate(new) if t in stops), len(new))
+    return tokenizer.decode(new[:cut])

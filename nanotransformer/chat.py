@@ -88,9 +88,8 @@ def sft_pair(tokenizer, messages):
 def add_chat_tokens(tokenizer, model=None, texts=()):
     """Register the chat tokens (and, for a character tokenizer, every character of `texts` it
     lacks) -> (tokenizer, model). New ids come after the existing ones, so a pretrained model
-    keeps its meaning: its embedding (and untied head) gain rows for the new ids, initialised to
-    the mean of the existing rows (a new token starts as an "average" token, not as noise;
-    Hewitt 2021). Returns the same objects when nothing is missing."""
+    keeps its meaning: its embedding (and untied head) gain rows for the new ids, drawn like the
+    existing rows (`resize_vocab`). Returns the same objects when nothing is missing."""
     from .tokenizer import BPETokenizer, CharTokenizer
 
     missing = [t for t in CHAT_TOKENS if t not in getattr(tokenizer, "special_tokens", {})]
@@ -109,22 +108,26 @@ def add_chat_tokens(tokenizer, model=None, texts=()):
     return tokenizer, model
 
 
-def resize_vocab(model, vocab_size):
+def resize_vocab(model, vocab_size, seed=0):
     """A copy of GPT `model` with vocab_size >= its own: rows (columns of an untied head) for the
-    new ids are the mean of the old ones; every other parameter is copied."""
+    new ids are drawn from a Gaussian with the old rows' mean and per-channel variance (Hewitt
+    2021): each new token starts as a typical token of the old vocabulary, at its scale, and the
+    new tokens differ from one another (identical rows, e.g. the plain mean, could never be told
+    apart by a model whose embeddings stay frozen, as under LoRA). Every other parameter is copied."""
     from .model import GPT
 
     V = model.config.vocab_size
     if vocab_size < V:
         raise ValueError(f"vocab_size: expected at least the model's {V}, got {vocab_size}")
     new = GPT(replace(model.config, vocab_size=vocab_size), dtype=model.dtype, seed=None)
+    rng = np.random.default_rng(seed)
     for name, t in model.p.items():
         if name == "wte":
             new.p[name][:V] = t
-            new.p[name][V:] = t.mean(axis=0)
+            new.p[name][V:] = rng.normal(t.mean(axis=0), t.std(axis=0), size=(vocab_size - V, t.shape[1]))
         elif name == "lm_head.w":
             new.p[name][:, :V] = t
-            new.p[name][:, V:] = t.mean(axis=1, keepdims=True)
+            new.p[name][:, V:] = rng.normal(t.mean(axis=1), t.std(axis=1), size=(vocab_size - V, t.shape[0])).T
         else:
             new.p[name][...] = t
     return new

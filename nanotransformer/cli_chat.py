@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 
 SFT_MODEL = dict(block_size=128, n_layer=4, n_head=4, d_model=128, dropout=0.0)  # a fresh `sft skills` model
-SFT_TRAIN = dict(batch_size=32, max_steps=2200, lr=3e-3, warmup=100, weight_decay=0.1, grad_clip=1.0,
+SFT_TRAIN = dict(batch_size=32, max_steps=2000, lr=3e-3, warmup=100, weight_decay=0.1, grad_clip=1.0,
                  eval_interval=500, eval_iters=5, seed=1337, beta1=0.9, beta2=0.99, eps=1e-8)  # fmt: skip
 SFT_FROM_TRAIN = dict(SFT_TRAIN, max_steps=1000, lr=3e-4, eval_interval=250)  # fine-tuning a pretrained model
 SKILLS_DATA = dict(n_train=100_000, n_val=1_000, seed=0)
@@ -181,6 +181,16 @@ def cmd_sft(args, out=print):
         meta = sc.get("meta", {}).get("data") or {}
         if meta.get("kind") != "sft":
             raise ValueError(f"{out_dir}: --resume expected a checkpoint of an sft run, got one of {meta.get('kind')!r}")
+        for name in ("from_", "n_train", "val_fraction", "block_size", "n_layer", "n_head", "d_model", "lora_rank",
+                     "lora_alpha", "lora_targets"):  # fmt: skip
+            if getattr(args, name) is not None:
+                flag = "--from" if name == "from_" else "--" + name.replace("_", "-")
+                raise ValueError(f"{flag}: not with --resume (the run in {out_dir} keeps its own data and model)")
+        ran_on = meta["source"] if meta["source"] == "skills" else Path(meta["source"]).name
+        given = args.data if args.data == "skills" else Path(args.data).name
+        if (args.data == "skills") != (meta["source"] == "skills") or (args.data != "skills" and
+                                                                        str(Path(args.data).resolve()) != meta["source"]):
+            raise ValueError(f"DATA: the run in {out_dir} trained on {ran_on}, got {given}; resume it on the same data")
         ckpt = load_checkpoint(out_dir, backend=args.backend)
         task, _ = sft_task(meta, ckpt.tokenizer, _gpt(ckpt.model).config.block_size)
         trainer = Trainer.from_checkpoint(ckpt, task, progress=not args.no_progress, overrides=train_overrides(args))

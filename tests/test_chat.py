@@ -140,6 +140,12 @@ def test_resize_vocab_keeps_the_old_logits_and_adds_distinct_new_rows():
         b, _ = big.forward(ids)
         np.testing.assert_allclose(b[..., :20], a, rtol=1e-12, atol=1e-12)
         assert big.config.vocab_size == 24 and b.shape[-1] == 24
+        rows = big.p["wte"][20:]
+        assert len({tuple(r) for r in rows}) == 4  # distinct, so even a frozen embedding tells them apart
+        old = m.p["wte"]
+        assert np.all(np.abs(rows.mean(0) - old.mean(0)) < 4 * old.std(0) + 1e-12)  # on the old rows' scale
+        if "lm_head.w" in big.p:
+            assert len({tuple(c) for c in big.p["lm_head.w"][:, 20:].T}) == 4
 
 
 def tiny_chat_model(tok, block_size=32, seed=0):

@@ -45,6 +45,14 @@ def test_sft_resume_continues_and_eval_skills(sft_run, capsys):
     code, text, err = run(["eval", "--checkpoint", str(out), "skills"], capsys)
     assert code == 0, err
     assert text.startswith("exact match on held-out skills (200 per skill)")
+    for argv, match in ((["--block-size", "32"], "--block-size: not with --resume"),
+                        (["--n-train", "5"], "--n-train: not with --resume")):  # fmt: skip
+        code, _, err = run(["sft", "skills", "--resume", "--out", str(out), *argv], capsys)
+        assert code == 1 and match in err
+    other = out.parent / "c.jsonl"
+    other.write_text(json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}))
+    code, _, err = run(["sft", str(other), "--resume", "--out", str(out)], capsys)
+    assert code == 1 and "trained on skills, got c.jsonl" in err
 
 
 def test_chat_over_a_pipe_prints_one_answer_per_line(sft_run, capsys, monkeypatch):

@@ -1,11 +1,12 @@
 """Pretrained models shipped with the package, loaded by name and checked against their sha256.
 
     model, tok = load_pretrained("shakespeare-char")    # a character-level GPT on tinyshakespeare
+    model, tok = load_pretrained("skills-chat")         # an instruction-tuned one (chat.ChatSession)
     generate(model, tok, "ROMEO:", 200, temperature=0.8, seed=0)
 
 Each model is an ordinary checkpoint directory (`checkpoint.py`: safetensors weights + a JSON
 sidecar, no pickles) under `nanotransformer/data/pretrained/<name>/`, made by a committed script
-(`benchmarks/make_pretrained.py`) that also writes `training.json` and a README beside it with the
+(`benchmarks/make_pretrained.py`, `benchmarks/quality_skills.py --ship`) that also writes `training.json` and a README beside it with the
 config, steps, wall time, validation loss and machine load of the run. Before anything is parsed,
 every file of the checkpoint is hashed and compared with the constant in `PRETRAINED`: a file that
 was truncated, corrupted or swapped is one `ValueError` naming it.
@@ -14,6 +15,7 @@ Shipped models (weights only, float32; no optimiser moments, so they load for in
 fine-tuning but do not resume their training run):
 
     shakespeare-char   GPT, L=4 NH=4 C=128 T=128, 65 characters; see its README for the figures
+    skills-chat        the default `nanotransformer sft skills` run (chat tokens; chapters 18, 19)
 
 Dimension legend: as in `model.py` (L layers, NH heads, C channels, T block size, V vocab).
 
@@ -32,6 +34,11 @@ PRETRAINED = {
     "shakespeare-char": {
         "checkpoint.json": "fa034d606a999939ec3ee3a934912e4132e22a69f9cf380bd753b8e11432cf6b",
         "model-0004239-47e817.safetensors": "e30f89db3eec5e925f995172db967b09c6c000a5d077f6dd6aadb3548dcdadf7",
+    },
+    # benchmarks/quality_skills.py --ship prints these
+    "skills-chat": {
+        "checkpoint.json": "c99831589289ac1196baa10a3f1bed4d699724d26cbf4dca97f31618f3c898ad",
+        "model-0002000-07bbf4.safetensors": "98b0fc892d3d50a30f7609e12b78dba749db7b8f079ec5bb634af4221e955394",
     },
 }
 

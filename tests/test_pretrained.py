@@ -45,10 +45,11 @@ def test_loads_by_name(shipped):
     assert len(out) == 40 and tok.decode(tok.encode(out)) == out
 
 
-def test_every_file_has_a_checksum():
-    d = PRETRAINED_DIR / NAME
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_every_file_has_a_checksum(name):
+    d = PRETRAINED_DIR / name
     sidecar = json.loads((d / "checkpoint.json").read_text(encoding="utf-8"))
-    assert set(PRETRAINED[NAME]) == {"checkpoint.json", sidecar["weights"]}
+    assert set(PRETRAINED[name]) == {"checkpoint.json", sidecar["weights"]}
     assert sidecar.get("optimizer") is None  # weights only: nothing to resume, half the bytes
 
 
@@ -94,7 +95,7 @@ def test_missing_file(tmp_path):
 
 
 def test_unknown_name():
-    with pytest.raises(ValueError, match=r"'gpt-5': no such pretrained model \(available: shakespeare-char\)"):
+    with pytest.raises(ValueError, match=r"'gpt-5': no such pretrained model \(available: shakespeare-char, skills-chat\)"):
         load_pretrained("gpt-5")
 
 
@@ -113,14 +114,31 @@ def test_val_loss_below_bound(shipped, shakespeare_path):
     assert abs(loss - made["val_loss_slice"]) < 1e-3  # the figure recorded beside the weights
 
 
-def test_package_data_ships_the_files():
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_package_data_ships_the_files(name):
     """setuptools installs only files that [tool.setuptools.package-data] globs match."""
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]
     patterns = globs["nanotransformer"]
-    shipped = [p.relative_to(PACKAGE).as_posix() for p in (PRETRAINED_DIR / NAME).iterdir() if p.is_file()]
-    for f in list(PRETRAINED[NAME]) + ["training.json", "README.md"]:
-        rel = f"data/pretrained/{NAME}/{f}"
+    shipped = [p.relative_to(PACKAGE).as_posix() for p in (PRETRAINED_DIR / name).iterdir() if p.is_file()]
+    for f in list(PRETRAINED[name]) + ["training.json", "README.md"]:
+        rel = f"data/pretrained/{name}/{f}"
         assert rel in shipped, f"{rel}: not in the package directory"
         # fnmatch's * crosses '/', setuptools' does not: compare path component by component
         assert any(len(p.split("/")) == len(rel.split("/")) and all(fnmatch(a, b) for a, b in
                    zip(rel.split("/"), p.split("/"))) for p in patterns), f"{rel}: matched by no package-data glob"
+
+
+def test_skills_chat_answers_held_out_questions():
+    """The shipped chat model (the default `sft skills` run) answers held-out arithmetic: its
+    training.json records >= 90 % on add2 over 200 test questions; 60 here must clear 80 %
+    (an untrained or barely trained model gets ~0 %), and the figures beside it hold."""
+    from nanotransformer.chat import answer, has_chat_tokens
+    from nanotransformer.skills import skills_dataset
+
+    model, tok = load_pretrained("skills-chat")
+    assert has_chat_tokens(tok) and model.config.vocab_size == tok.vocab_size
+    exs = [e for e in skills_dataset("test", 540, seed=0, multi_turn=0.0) if e.skill == "add2"][:60]
+    right = sum(answer(model, tok, list(e.prompt)) == e.answer for e in exs)
+    assert right / len(exs) > 0.8, f"{right} of {len(exs)} held-out additions right"
+    made = json.loads((pretrained_dir("skills-chat") / "training.json").read_text(encoding="utf-8"))
+    assert made["exact_match"]["add2"] >= 0.9 and made["overall"] >= 0.75 and made["seconds"] <= 600

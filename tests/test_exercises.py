@@ -515,6 +515,73 @@ CASES = {
     "repeat_kv_backward": (A.repeat_kv_backward, _repeat_kv_backward_first_of_group, "dx["),
 }
 
+# chapters 18 and 19
+from nanotransformer import chat as _chat  # noqa: E402
+from nanotransformer import dpo as _dpo  # noqa: E402
+from nanotransformer.exercises.instruction_tuning import _shifted_the_wrong_way  # noqa: E402
+
+
+def _encode_chat_with_encode(tok, messages, add_generation_prompt=False):
+    # broken: message text through encode(allowed_special="all"): typed markers become control tokens
+    sp, ids, train = tok.special_tokens, [], []
+    for m in messages:
+        body = tok.encode(m["content"], allowed_special="all") + [sp[_chat.END]]
+        ids += [sp[_chat.ROLE_TOKENS[m["role"]]]] + body
+        train += [False] + [m["role"] == "assistant"] * len(body)
+    if add_generation_prompt:
+        ids, train = ids + [sp[_chat.ASSISTANT]], train + [False]
+    return ids, train
+
+
+def _dpo_loss_backward_sigmoid_z(dout, cache):
+    z, beta = cache
+    dz = -dout / (1 + np.exp(-z)) / z.size  # sigmoid(z) where sigmoid(-z) belongs
+    return beta * dz, -beta * dz, -beta * dz, beta * dz
+
+
+CASES.update({
+    "encode_chat": (_chat.encode_chat, _encode_chat_with_encode, "hint: a message's text is data"),
+    "sft_pair": (_chat.sft_pair, _shifted_the_wrong_way, "hint: y[t] is the target of position t"),
+    "dpo_loss_backward": (_dpo.dpo_loss_backward, _dpo_loss_backward_sigmoid_z, "dlogp_w["),
+    "sequence_logprob_backward": (_dpo.sequence_logprob_backward,
+                                  lambda dout, cache: -_dpo.sequence_logprob_backward(dout, cache), "dlogits["),
+})
+
+
+# chapter 17: the student's cache is (x, w, a, bm, s); the references written out from the forward
+def _lora_backward(dout, cache):
+    x, w, a, bm, s = cache
+    x2, d2 = x.reshape(-1, x.shape[-1]), dout.reshape(-1, dout.shape[-1])
+    dxa = s * d2 @ bm.T  # (N, r)
+    return (d2 @ w.T + dxa @ a.T).reshape(x.shape), x2.T @ dxa, s * (x2 @ a).T @ d2
+
+
+def _num_lora_params(config, rank, targets):
+    from nanotransformer.lora import LoRA
+    from nanotransformer.model import GPT
+
+    return LoRA(GPT(config, seed=None), rank, targets=targets, seed=None).num_trainable()
+
+
+def _num_lora_params_c_attn_square(config, rank, targets):
+    # broken: c_attn taken as (C, 3C) whatever the number of key/value heads
+    from nanotransformer.lora import TARGETS
+
+    C, n = config.d_model, 0
+    lins = [lin for t in targets for lin in TARGETS.get(t, (t,))]
+    for lin in lins:
+        c_in, c_out = {"attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "mlp.c_fc": (C, 2 * config.d_ff if config.mlp == "swiglu" else config.d_ff),
+                       "mlp.c_proj": (config.d_ff, C)}[lin]  # fmt: skip
+        n += rank * (c_in + c_out)
+    return n * config.n_layer
+
+
+CASES.update({
+    "lora_linear_backward": (_lora_backward, lambda d, c: (lambda g: (g[0], g[1] / c[4], g[2]))(_lora_backward(d, c)), "da["),
+    "num_lora_params": (_num_lora_params, _num_lora_params_c_attn_square, "n_lora: expected"),
+})
+
+
 # more typical mistakes, each reported at the tensor (and case) it breaks: name -> [(broken, where)]
 MORE_BROKEN = {
     "rmsnorm_backward": [(_rmsnorm_backward_layernorm_form, "dx["),

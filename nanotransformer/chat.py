@@ -187,12 +187,14 @@ class ChatSession:
             sp = self.sp
             text = self.tokenizer.encode_ordinary(self.history[-1]["content"])
             head_ids = encode_chat(self.tokenizer, head)[0] if head else []
-            if len(head_ids) + 3 >= budget:
+            dropped_system = bool(head) and len(head_ids) + 4 > budget  # not even one token of the turn fits beside it
+            if dropped_system:
                 head_ids = []
-            keep = budget - len(head_ids) - 3
+                notes.append("note: the system message does not fit in the model's context with this turn; left it out")
+            keep = max(1, budget - len(head_ids) - 3)
+            if len(text) > keep:
+                notes.append(f"note: this turn alone is longer than the model's context; kept its last {keep} tokens")
             ids = head_ids + [sp[USER]] + text[-keep:] + [sp[END], sp[ASSISTANT]]
-            notes.append(f"note: this turn alone is longer than the model's context; kept its last {keep} tokens"
-                         + ("" if head_ids or not head else " (and left out the system message)"))
         return np.asarray(ids, dtype=np.int64)
 
     def reply(self, text, on_text=None):

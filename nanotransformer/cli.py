@@ -307,6 +307,11 @@ def cmd_train(args, out=print):
     if args.resume:
         sc = read_sidecar(out_dir)  # validates before any work
         kind = sc.get("kind", "gpt")
+        made_by = ((sc.get("meta") or {}).get("data") or {}).get("kind")
+        if made_by in ("sft", "dpo") or kind == "lora":
+            what = made_by if made_by in ("sft", "dpo") else "LoRA"
+            how = "`nanotransformer sft DATA --resume --out DIR`" if made_by == "sft" else "a new run (it has no --resume)"
+            raise ValueError(f"--resume: {out_dir} holds a {what} run, which `train` does not continue; use {how}")
         if args.model is not None and args.model != kind:
             raise ValueError(f"--model: cannot change the model when resuming (the checkpoint in {out_dir} "
                              f"has {kind!r}, got {args.model!r})")
@@ -342,8 +347,9 @@ def fit_and_report(trainer, run, args, out_dir, out, sample_tokens):
         out(f"final: step {trainer.step}, val loss {ev['val']:.4f}{ppl}")
     out(f"checkpoint: {out_dir}/  loss curve: {out_dir / 'loss.png'}")
     if trainer.step < trainer.config.max_steps:
+        again = f"sft {args.data} --resume" if run.kind == "sft" else "train --resume"
         out(f"stopped at step {trainer.step} of {trainer.config.max_steps} (--stop-after); continue with "
-            f"`nanotransformer train --resume --out {out_dir}`")
+            f"`nanotransformer {again} --out {out_dir}`")
     per_kind.report(run, trainer.model, trainer.tokenizer, sample_tokens, out)
 
 
@@ -373,6 +379,8 @@ def cmd_finetune(args, out=print):
     clf = GPTClassifier(gpt, n_classes=2, pool=args.pool, train_blocks=args.train_blocks, seed=tcfg.seed)
     if args.lora_rank is not None and args.train_blocks is not None:
         raise ValueError("--train-blocks: not with --lora-rank (LoRA freezes the whole GPT and adapts every block)")
+    if args.lora_rank is not None and args.stop_after is not None:
+        raise ValueError("--stop-after: not with --lora-rank (a LoRA classifier run is not resumed by `train --resume`)")
     model = cli_chat.maybe_lora(args, clf, ckpt.tokenizer, src, True, out_dir, out, why="the classifier's head is new")
     if has_checkpoint(out_dir):
         out(f"note: {out_dir} already holds a checkpoint; this run replaces it at its first evaluation")

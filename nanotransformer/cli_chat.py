@@ -65,8 +65,8 @@ def add_parsers(sub, formatter, training_flags, positive_int, nonneg_int, backen
         "chat", help="talk to an instruction-tuned checkpoint",
         description="A multi-turn chat with a checkpoint trained by `sft` or `dpo`: answers stream as they are "
                     "decoded; /reset forgets the conversation, /exit (or end of input) quits. When standard "
-                    "input is not a terminal, each input line is one user turn and each answer is printed on "
-                    "one line (newlines in it as \\n); notes go to standard error.",
+                    "input is not a terminal, each non-empty input line is one user turn and each answer is "
+                    "printed on one line (newlines in it as \\n); notes go to standard error.",
         formatter_class=formatter,
     )
     c.add_argument("--checkpoint", required=True, metavar="DIR", help="an sft or dpo checkpoint directory")
@@ -95,7 +95,8 @@ def add_parsers(sub, formatter, training_flags, positive_int, nonneg_int, backen
     d.add_argument("--rejected", choices=("model", "rule"), default=None,
                    help="skills: the rejected answer is the model's own wrong greedy answer where it errs, else a "
                         "plausible wrong one (model, the default), or always the plausible wrong one (rule)")
-    d.add_argument("--n-train", type=positive_int, default=3000, metavar="N", help="skills: preference pairs")
+    d.add_argument("--n-train", type=positive_int, default=None, metavar="N",
+                   help="skills: preference pairs (default: 3,000)")
     lora_flags(d)
     training_flags(d, {"dpo": DPO_TRAIN}, "training")
     d.add_argument("--backend", choices=backends, default=None, help="hot-op implementation")
@@ -205,6 +206,10 @@ def cmd_sft(args, out=print):
             model, tok = _fresh_chat_model(args, convs, tcfg.seed)
             what = f"a fresh character-level GPT, {model.num_params():,} parameters"
         else:
+            for name in ("block_size", "n_layer", "n_head", "d_model"):
+                if getattr(args, name) is not None:
+                    raise ValueError(f"--{name.replace('_', '-')}: not with --from (the checkpoint's model is fine-tuned "
+                                     f"as it is)")
             src = Path(args.from_)
             kind = read_sidecar(src).get("kind", "gpt")
             if kind != "gpt":
@@ -213,10 +218,16 @@ def cmd_sft(args, out=print):
             if ckpt.tokenizer is None:
                 raise ValueError(f"--from: the checkpoint {src} has no tokenizer")
             meta["from"] = str(src.resolve())
-            tok, model = add_chat_tokens(ckpt.tokenizer, ckpt.model, conversation_texts(convs["train"] + convs["val"]))
+            try:
+                tok, model = add_chat_tokens(ckpt.tokenizer, ckpt.model, conversation_texts(convs["train"] + convs["val"]))
+            except ValueError as e:
+                raise ValueError(f"--from: {src}'s character tokenizer has its chat tokens already and cannot take the "
+                                 f"new characters of {args.data} ({e}); remove them from the data, or start --from a "
+                                 f"checkpoint without chat tokens") from None
             what = f"the GPT of {src} (step {ckpt.step})"
             if model is not ckpt.model:
                 what += f", vocabulary {ckpt.model.config.vocab_size} -> {model.config.vocab_size}"
+            sft_task(meta, tok, model.config.block_size)  # the data fits, before anything is written
             model = maybe_lora(args, model, tok, src, model is not ckpt.model, out_dir, out)
         if has_checkpoint(out_dir):
             out(f"note: {out_dir} already holds a checkpoint; this run replaces it at its first evaluation "
@@ -268,11 +279,16 @@ def _reject_lora(args, why):
 def maybe_lora(args, model, tok, src, new_base, out_dir, out, why=None):
     """model, or a LoRA of it when --lora-rank is given. Its base is the checkpoint src, or, when the
     model differs from it (new_base: the vocabulary grew, or a classifier's new head), the model
-    itself saved to out_dir/base (a note says so; `why` says what changed)."""
+    itself saved to out_dir/base-<hash of its parameters> (a note says so; `why` says what
+    changed). The LoRA is built (its flags checked) before anything is written, and the base
+    directory is named by its content: a run never rewrites the base of adapters already in
+    out_dir, and the same base is written once however often it is trained on."""
     if args.lora_rank is None:
         _reject_lora(args, "full fine-tuning (give --lora-rank too)")
         return model
-    from .checkpoint import save_checkpoint
+    import hashlib
+
+    from .checkpoint import has_checkpoint, save_checkpoint
     from .lora import LoRA
 
     if args.lora_rank < 1:
@@ -280,16 +296,19 @@ def maybe_lora(args, model, tok, src, new_base, out_dir, out, why=None):
     if args.lora_alpha is not None and not (args.lora_alpha > 0 and math.isfinite(args.lora_alpha)):
         raise ValueError(f"--lora-alpha: expected a positive number, got {args.lora_alpha}")
     targets = tuple((args.lora_targets or "attn,mlp").split(","))
+    try:
+        lora = LoRA(model, rank=args.lora_rank, alpha=args.lora_alpha, targets=targets)
+    except ValueError as e:
+        raise ValueError(f"--lora-targets/--lora-rank: {e}") from None
     base_dir = src
     if new_base:  # e.g. the new token rows are part of the frozen base: save that base beside the adapters
         why = why or "the chat tokens grew the vocabulary"
-        base_dir = out_dir / "base"
-        save_checkpoint(base_dir, model, tokenizer=tok, meta={"note": f"{src}: {why}"})
+        digest = hashlib.sha256(model.params.tobytes() + repr(sorted(model.config_dict().items())).encode())
+        base_dir = out_dir / f"base-{digest.hexdigest()[:12]}"
+        if not has_checkpoint(base_dir):
+            save_checkpoint(base_dir, model, tokenizer=tok, meta={"note": f"{src}: {why}"})
         out(f"note: {why}; the frozen base is saved in {base_dir}")
-    try:
-        return LoRA(model, rank=args.lora_rank, alpha=args.lora_alpha, targets=targets, base_checkpoint=base_dir)
-    except ValueError as e:
-        raise ValueError(f"--lora-targets/--lora-rank: {e}") from None
+    return lora.attach_base_checkpoint(base_dir)
 
 
 # ----------------------------------------------------------------------------- eval skills, chat
@@ -386,10 +405,13 @@ def dpo_splits(args):
     from .skills import preference_pairs
 
     if args.data == "skills":
+        args.n_train = args.n_train or 3000
         meta = {"kind": "dpo", "source": "skills", "n_train": args.n_train, "n_val": 500, "seed": 0,
                 "rejected": args.rejected or "model"}
         return meta, {split: [(p, c, r) for p, c, r, _ in preference_pairs(split, n, seed=0)]
                       for split, n in (("train", args.n_train), ("val", 500))}
+    if args.n_train is not None:
+        raise ValueError("--n-train: only for DATA 'skills' (a file is used whole)")
     triples = load_preferences(args.data)
     if len(triples) < 2:
         raise ValueError(f"{args.data}: expected at least 2 preference pairs (one to train, one to validate)")
@@ -400,7 +422,7 @@ def dpo_splits(args):
 
 
 def cmd_dpo(args, out=print):
-    from .checkpoint import has_checkpoint, load_checkpoint
+    from .checkpoint import has_checkpoint, load_checkpoint, read_sidecar
     from .cli import check_adamw_flags, fit_and_report, train_overrides
     from .dpo import DPO, PreferenceTask, preference_accuracy
     from .train import TrainConfig, Trainer
@@ -415,7 +437,12 @@ def cmd_dpo(args, out=print):
         raise ValueError(f"--sft-weight: expected a number >= 0, got {args.sft_weight}")
     if args.data != "skills" and args.rejected is not None:
         raise ValueError("--rejected: only for DATA 'skills' (a file gives its rejected answers)")
+    if args.stop_after is not None:
+        raise ValueError("--stop-after: dpo runs whole (it has no --resume: its reference log-probabilities come "
+                         "from the starting checkpoint)")
     meta, splits = dpo_splits(args)
+    if read_sidecar(src).get("kind") == "lora":  # checked before the minutes of work below
+        _reject_lora(args, "a LoRA checkpoint (its own adapters are trained)")
     ckpt = load_checkpoint(src, backend=args.backend)
     model, tok = chat_model(ckpt, src), ckpt.tokenizer  # the reference: the starting model, before any step
     meta["from"] = str(src.resolve())
@@ -436,7 +463,6 @@ def cmd_dpo(args, out=print):
     before = skills_report(model, tok, out, per_skill=50) if skills else None
     if ckpt.model.kind == "lora":  # keep training a LoRA's adapters: merge nothing into the reference copy
         model = load_checkpoint(src, backend=args.backend).model
-        _reject_lora(args, "a LoRA checkpoint (its own adapters are trained)")
     else:
         model = maybe_lora(args, model, tok, src, False, out_dir, out)
     tcfg = TrainConfig(**{**DPO_TRAIN, **train_overrides(args)})

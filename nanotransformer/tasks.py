@@ -453,7 +453,7 @@ class SFTTask:
     rest of the row is padding (x = pad_id, y = IGNORE_INDEX: the chat commands pad with <|end|>,
     which the loss never sees there), and the batch is cut to its
     longest row. A conversation can attend to the ones before it in its row (no block-diagonal
-    mask: the fused attention kernel takes none); each starts with its own <|user|>, and the
+    mask: the fused attention kernel takes none); each starts with its own <|user|> (or <|system|>), and the
     loss never sees a padding or a user token. Conversations longer than block_size are left
     out (`dropped` counts them per split)."""
 

@@ -222,4 +222,9 @@ def test_a_turn_longer_than_the_context_keeps_the_template_tokens(tok):
         assert tok.decode(prompt[user_at : user_at + 1]) == USER and tok.decode(prompt[-2:]) == END + ASSISTANT
         text = tok.decode(prompt[user_at + 1 : -2])
         assert ("abc" * 40).endswith(text) and len(text) == len(prompt) - user_at - 3  # cut from its start
-        assert any("left out the system message" in n for n in notes) == (not kept)
+        assert any("system message does not fit" in n for n in notes) == (not kept)
+        assert any("kept its last" in n for n in notes)
+    # a short turn after a system message too long for the context: only that note, the turn whole
+    session = ChatSession(ScriptedModel(tok.vocab_size, script, block_size=32), tok, system="b" * 100, max_new_tokens=8)
+    _, notes = session.reply("add 1")
+    assert notes == ["note: the system message does not fit in the model's context with this turn; left it out"]

@@ -129,8 +129,8 @@ def test_dpo_on_skills_reports_before_and_after(sft_run, tmp_path, capsys):
     (["dpo", "skills", "--from", "nowhere", "--out", "X", "--beta", "0"], "--beta: expected a positive number"),
     (["dpo", "bad.jsonl", "--from", "nowhere", "--out", "X"], "bad.jsonl: no such file"),
     (["dpo", "p.jsonl", "--from", "nowhere", "--out", "X", "--rejected", "rule"], "--rejected: only for DATA 'skills'"),
+    (["dpo", "skills", "--from", "nowhere", "--out", "X", "--stop-after", "2"], "--stop-after: dpo runs whole"),
     (["dpo", "skills", "--from", "nowhere", "--out", "X", "--sft-weight", "-1"], "--sft-weight: expected a number >= 0"),
-    (["finetune", "nowhere", "data", "--out", "X", "--lora-rank", "2", "--train-blocks", "1"], "nowhere"),
 ])  # fmt: skip
 def test_bad_input_is_one_clear_error(argv, match, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -162,6 +162,11 @@ def test_finetune_with_lora_saves_adapters_only_and_generate_eval_read_them(smal
     assert code == 0, err
     assert "(LoRA rank 2 on attn,mlp)" in text and "LoRA r=2 + head" in text
     assert "the classifier's head is new; the frozen base is saved in" in text
+    code, _, err = run(["finetune", str(small_gpt), str(reviews), "--out", str(tmp_path / "c2"), "--lora-rank", "2",
+                        "--train-blocks", "1"], capsys)  # fmt: skip
+    assert code == 1 and "--train-blocks: not with --lora-rank" in err
+    code, _, err = run(["train", "--resume", "--out", str(out)], capsys)
+    assert code == 1 and "holds a LoRA run" in err
     from safetensors import safe_open
 
     from nanotransformer.checkpoint import read_sidecar
@@ -175,7 +180,7 @@ def test_finetune_with_lora_saves_adapters_only_and_generate_eval_read_them(smal
     code, text, err = run(["eval", "--checkpoint", str(out), str(reviews)], capsys)
     assert code == 0 and "accuracy" in text, err
     # the base changes under the adapters: refused, naming the base directory
-    base = out / "base"
+    (base,) = out.glob("base-*")
     w = base / read_sidecar(base)["weights"]
     data = bytearray(w.read_bytes())
     data[-5] ^= 1
@@ -199,3 +204,23 @@ def test_sft_from_a_checkpoint_with_lora_then_chat(small_gpt, tmp_path, capsys, 
     code, _, err = run(["sft", "skills", "--from", str(small_gpt), "--lora-rank", "2", "--lora-targets", "embeddings",
                         "--out", str(tmp_path / "x")], capsys)  # fmt: skip
     assert code == 1 and "--lora-targets" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()  # a refused run writes nothing
+    # ... and a failed rerun into the directory of a good LoRA run leaves that run loadable
+    code, _, err = run(["sft", "skills", "--from", str(small_gpt), "--lora-rank", "2", "--lora-targets", "bogus",
+                        "--n-train", "100", "--out", str(out)], capsys)  # fmt: skip
+    assert code == 1
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is 2 + 3?\n"))
+    code, _, err = run(["chat", "--checkpoint", str(out), "--max-new-tokens", "4"], capsys)
+    assert code == 0, err
+    # a rerun of the same base reuses its directory (named by content): no second copy
+    code, _, err = run(["sft", "skills", "--from", str(small_gpt), "--lora-rank", "4", "--n-train", "100",
+                        "--max-steps", "1", "--batch-size", "2", "--eval-interval", "1", "--eval-iters", "1",
+                        "--no-progress", "--out", str(out)], capsys)  # fmt: skip
+    assert code == 0, err
+    assert len(list(out.glob("base-*"))) == 1
+    # train --resume does not continue an sft run; the --stop-after hint names sft
+    code, _, err = run(["train", "--resume", "--out", str(out)], capsys)
+    assert code == 1 and "which `train` does not continue" in err and "sft DATA --resume" in err
+    for argv, match in ((["--block-size", "32"], "--block-size: not with --from"),):
+        code, _, err = run(["sft", "skills", "--from", str(small_gpt), "--out", str(tmp_path / "y"), *argv], capsys)
+        assert code == 1 and match in err

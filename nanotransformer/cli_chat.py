@@ -155,11 +155,12 @@ def conversation_texts(convs):
     return [m["content"] for c in convs for m in c]
 
 
-def sft_task(meta, tokenizer, block_size):
+def sft_task(meta, tokenizer, block_size, convs=None):
+    """The run's SFTTask (and its conversations, `sft_conversations(meta)` unless given)."""
     from .chat import END, sft_pair
     from .tasks import SFTTask
 
-    convs = sft_conversations(meta)
+    convs = convs or sft_conversations(meta)
     pairs = {split: [sft_pair(tokenizer, c) for c in cs] for split, cs in convs.items()}
     name = "skills" if meta["source"] == "skills" else meta["source"]
     return SFTTask(pairs, block_size, tokenizer.special_tokens[END], source=name), convs
@@ -170,9 +171,8 @@ def sft_task(meta, tokenizer, block_size):
 
 def cmd_sft(args, out=print):
     from .chat import add_chat_tokens
-    from .checkpoint import load_checkpoint, read_sidecar
+    from .checkpoint import has_checkpoint, load_checkpoint, read_sidecar
     from .cli import check_adamw_flags, fit_and_report, train_overrides
-    from .checkpoint import has_checkpoint
     from .train import TrainConfig, Trainer
 
     check_adamw_flags(args)
@@ -205,6 +205,7 @@ def cmd_sft(args, out=print):
             _reject_lora(args, "a fresh model (LoRA adapts a pretrained one: give --from)")
             model, tok = _fresh_chat_model(args, convs, tcfg.seed)
             what = f"a fresh character-level GPT, {model.num_params():,} parameters"
+            task, _ = sft_task(meta, tok, model.config.block_size, convs)
         else:
             for name in ("block_size", "n_layer", "n_head", "d_model"):
                 if getattr(args, name) is not None:
@@ -227,12 +228,11 @@ def cmd_sft(args, out=print):
             what = f"the GPT of {src} (step {ckpt.step})"
             if model is not ckpt.model:
                 what += f", vocabulary {ckpt.model.config.vocab_size} -> {model.config.vocab_size}"
-            sft_task(meta, tok, model.config.block_size)  # the data fits, before anything is written
+            task, _ = sft_task(meta, tok, model.config.block_size, convs)  # the data fits, before anything is written
             model = maybe_lora(args, model, tok, src, model is not ckpt.model, out_dir, out)
         if has_checkpoint(out_dir):
             out(f"note: {out_dir} already holds a checkpoint; this run replaces it at its first evaluation "
                 f"(use --resume to continue it instead)")
-        task, _ = sft_task(meta, tok, _gpt(model).config.block_size)
         trainer = Trainer(model, task, tcfg, tokenizer=tok, out_dir=out_dir, progress=not args.no_progress,
                           data_meta=meta)
         n = {k: len(v) for k, v in task.pairs.items()}

@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 
-from timed import add_flags, set_threads, shakespeare_run, train_for_budget  # benchmarks/timed.py
+from timed import add_flags, set_threads, ship_checkpoint, shakespeare_run, train_for_budget  # benchmarks/timed.py
 
 DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "..", "nanotransformer", "data", "pretrained", "shakespeare-char")
 
@@ -37,13 +37,10 @@ def main(argv=None):
     set_threads(args)
     import json
     import math
-    import shutil
-    import tempfile
     from pathlib import Path
 
-    from nanotransformer.checkpoint import save_checkpoint
     from nanotransformer.generation import generate
-    from nanotransformer.pretrained import VAL_SLICE, file_sha256
+    from nanotransformer.pretrained import VAL_SLICE
     from nanotransformer.train import eval_loss
 
     load_start = os.getloadavg()
@@ -74,16 +71,8 @@ def main(argv=None):
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as d:  # save, then move the pair in (replacing an older pair)
-        save_checkpoint(d, model, tokenizer=tok, step=trainer.step,
-                        meta={"name": "shakespeare-char", "data": record["data"], "val_loss": record["val_loss_full_split"]})
-        for old in list(out.glob("model-*.safetensors")) + [out / "checkpoint.json"]:
-            if old.exists():
-                old.unlink()
-        for f in Path(d).iterdir():
-            shutil.copyfile(f, out / f.name)
-    files = sorted(p.name for p in out.iterdir() if p.name == "checkpoint.json" or p.suffix == ".safetensors")
-    record["files"] = {f: {"bytes": (out / f).stat().st_size, "sha256": file_sha256(out / f)} for f in files}
+    record["files"] = ship_checkpoint(out, model, tok, trainer.step, {"name": "shakespeare-char", "data": record["data"],
+                                                                      "val_loss": record["val_loss_full_split"]})
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     c = cfg
     readme = f"""# shakespeare-char

@@ -58,26 +58,13 @@ def main(argv=None):
 
 def ship(ckpt, results):
     """The run's model as package data: nanotransformer/data/pretrained/skills-chat/."""
-    import shutil
-    import tempfile
-    from pathlib import Path
+    from timed import ship_checkpoint  # benchmarks/timed.py
 
-    from nanotransformer.checkpoint import save_checkpoint
-    from nanotransformer.data import file_sha256
     from nanotransformer.pretrained import PRETRAINED_DIR
 
     out = PRETRAINED_DIR / "skills-chat"
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as d:  # save, then move the pair in (replacing an older pair)
-        save_checkpoint(d, ckpt.model, tokenizer=ckpt.tokenizer, step=ckpt.step,
-                        meta={"name": "skills-chat", "data": ckpt.meta.get("data"), "exact_match": results["exact_match"]})
-        for old in list(out.glob("model-*.safetensors")) + [out / "checkpoint.json"]:
-            if old.exists():
-                old.unlink()
-        for f in Path(d).iterdir():
-            shutil.copyfile(f, out / f.name)
-    files = sorted(p.name for p in out.iterdir() if p.name == "checkpoint.json" or p.suffix == ".safetensors")
-    results = {**results, "files": {f: {"bytes": (out / f).stat().st_size, "sha256": file_sha256(out / f)} for f in files}}
+    meta = {"name": "skills-chat", "data": ckpt.meta.get("data"), "exact_match": results["exact_match"]}
+    results = {**results, "files": ship_checkpoint(out, ckpt.model, ckpt.tokenizer, ckpt.step, meta)}
     (out / "training.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     c, em = ckpt.model.config, results["exact_match"]
     (out / "README.md").write_text(f"""# skills-chat

@@ -85,3 +85,27 @@ def train_for_budget(trainer, args, on_eval=None):
             print(f"{el:6.0f}s step {trainer.step:5d}: train {ev['train']:.4f} val {ev['val']:.4f} "
                   f"lr {trainer.history['lr'][-1]:.2e} {tok_s:,.0f} tok/s", flush=True)
     return time.perf_counter() - t0
+
+
+def ship_checkpoint(out, model, tokenizer, step, meta):
+    """Write `model` (weights only) as the shipped checkpoint directory `out`: saved to a temporary
+    directory, then moved in over an older pair -> {file name: {"bytes", "sha256"}} of the
+    checkpoint files (the figures `pretrained.PRETRAINED` holds)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from nanotransformer.checkpoint import save_checkpoint
+    from nanotransformer.data import file_sha256
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(d, model, tokenizer=tokenizer, step=step, meta=meta)
+        for old in list(out.glob("model-*.safetensors")) + [out / "checkpoint.json"]:
+            if old.exists():
+                old.unlink()
+        for f in Path(d).iterdir():
+            shutil.copyfile(f, out / f.name)
+    files = sorted(p.name for p in out.iterdir() if p.name == "checkpoint.json" or p.suffix == ".safetensors")
+    return {f: {"bytes": (out / f).stat().st_size, "sha256": file_sha256(out / f)} for f in files}

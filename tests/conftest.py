@@ -40,3 +40,17 @@ def backend_params():
         except ValueError:
             out.append(pytest.param(name, marks=pytest.mark.skip(reason=f"backend {name!r} not available")))
     return out
+
+
+def assert_step_parity(ref, other, rng, rtol, atol):
+    """One training forward + backward of two models holding the same parameters (e.g. on two
+    backends) agree: logits and loss within rtol/atol, gradients relative to their largest entry."""
+    ids, tg = rng.integers(0, 17, size=(3, 12)), rng.integers(0, 17, size=(3, 12))
+    out = []
+    for m in (ref, other):
+        logits, loss = m.forward(ids, tg, train=True, rng=np.random.default_rng(0))
+        out.append((logits, loss, m.backward().copy()))
+    np.testing.assert_allclose(out[1][0], out[0][0], rtol=rtol, atol=atol)
+    np.testing.assert_allclose(out[1][1], out[0][1], rtol=rtol, atol=atol)
+    scale = np.abs(out[0][2]).max()
+    np.testing.assert_allclose(out[1][2] / scale, out[0][2] / scale, rtol=0, atol=10 * atol)

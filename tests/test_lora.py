@@ -3,7 +3,7 @@ Llama blocks, tied and untied, a classifier), fresh adapters = the base, merging
 that stays bit-identical, backends agreeing, checkpoints (adapters only, base checksum, resume)."""
 import numpy as np
 import pytest
-from conftest import backend_params
+from conftest import backend_params, assert_step_parity
 
 from nanotransformer import backend as backend_mod
 from nanotransformer import block as block_mod
@@ -283,15 +283,7 @@ def test_backends_agree(backend, dtype, rtol, atol, arch, rng):
     other = LoRA(other_base, rank=4, targets=("attn", "mlp"))
     other.params[...] = ref.params
     assert other.ops.name == backend
-    ids, tg = rng.integers(0, 17, size=(3, 12)), rng.integers(0, 17, size=(3, 12))
-    out = []
-    for lo in (ref, other):
-        logits, loss = lo.forward(ids, tg, train=True, rng=np.random.default_rng(0))
-        out.append((logits, loss, lo.backward().copy()))
-    np.testing.assert_allclose(out[1][0], out[0][0], rtol=rtol, atol=atol)
-    np.testing.assert_allclose(out[1][1], out[0][1], rtol=rtol, atol=atol)
-    scale = np.abs(out[0][2]).max()  # gradients: relative to their largest entry
-    np.testing.assert_allclose(out[1][2] / scale, out[0][2] / scale, rtol=0, atol=10 * atol)
+    assert_step_parity(ref, other, rng, rtol, atol)
 
 
 # ----------------------------------------------------------------------------- training, checkpoints

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import assert_step_parity
 
 from nanotransformer import block as block_mod, model as model_mod
 from nanotransformer.gradcheck import model_gradcheck
@@ -228,15 +229,7 @@ def test_backends_agree(backend, dtype, rtol, atol, arch, rng):
     other = GPT(GPTConfig(**cfg, backend=backend), dtype=dtype)
     other.params[...] = ref.params
     assert other.ops.name == backend
-    ids, tg = rng.integers(0, 17, size=(3, 12)), rng.integers(0, 17, size=(3, 12))
-    out = []
-    for m in (ref, other):
-        logits, loss = m.forward(ids, tg, train=True, rng=np.random.default_rng(0))
-        out.append((logits, loss, m.backward().copy()))
-    np.testing.assert_allclose(out[1][0], out[0][0], rtol=rtol, atol=atol)
-    np.testing.assert_allclose(out[1][1], out[0][1], rtol=rtol, atol=atol)
-    scale = np.abs(out[0][2]).max()  # gradients: compared relative to their largest entry
-    np.testing.assert_allclose(out[1][2] / scale, out[0][2] / scale, rtol=0, atol=10 * atol)
+    assert_step_parity(ref, other, rng, rtol, atol)
 
 
 # ----------------------------------------------------------------------------- the Llama switches

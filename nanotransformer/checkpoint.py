@@ -23,8 +23,11 @@ never overwrites the checkpoint it started from. The weights file records its st
 its safetensors metadata, and loading checks they match the JSON.
 
 Loading validates everything and raises one `ValueError` naming the file and what is wrong:
-missing files, JSON that does not parse, a truncated or corrupted safetensors file, a missing
-tensor, a tensor whose shape does not match the config, non-finite weights.
+missing files, JSON that does not parse, a sidecar field of the wrong type (naming the field),
+a weights file whose sha256 is not the one the sidecar recorded at save time (a flipped bit),
+a truncated or corrupted safetensors file, a missing or unexpected tensor, a tensor of another
+dtype than the checkpoint's or of a shape the config does not give, non-finite weights or
+optimiser moments.
 
 Safetensors, never pickle: loading a checkpoint cannot run code.
 
@@ -180,14 +183,18 @@ def save_checkpoint(path, model, *, tokenizer=None, step=0, optimizer=None, rng=
         "rng_state": None if rng is None else rng.bit_generator.state,
         "meta": meta or {},
     }
-    text = json.dumps(sidecar, indent=1)  # fail (e.g. on a non-JSON-able meta) before touching disk
+    json.dumps(sidecar)  # fail (e.g. on a non-JSON-able meta) before touching disk
 
     tmp_w = path / f".{weights_name}.tmp"
     tmp_j = path / f".{SIDECAR}.{tag}.tmp"
     try:
+        from .data import file_sha256
+
         save_file(tensors, str(tmp_w), metadata={"format": FORMAT, "step": str(int(step)), "tag": tag})
         with open(tmp_w, "rb+") as f:
             os.fsync(f.fileno())
+        sidecar["weights_sha256"] = file_sha256(tmp_w)  # verified on load: a flipped bit is an error
+        text = json.dumps(sidecar, indent=1)
         os.replace(tmp_w, path / weights_name)
         with open(tmp_j, "w", encoding="utf-8") as f:
             f.write(text)
@@ -251,8 +258,46 @@ def read_sidecar(path):
             raise ValueError(f"{sc}: missing the {key!r} entry")
     if not isinstance(obj["config"], dict):
         raise ValueError(f"{sc}: the 'config' entry: expected a JSON object, got {type(obj['config']).__name__}")
+    _check_fields(obj, sc)
     obj["_dir"] = str(path)
     return obj
+
+
+def _check_fields(obj, sc):
+    """The sidecar's other entries have the types loading relies on: one error naming the field."""
+    def bad(field, expected, got):
+        raise ValueError(f"{sc}: the {field!r} entry: expected {expected}, got {json.dumps(got)[:60]}")
+
+    for key in ("weights", "tag", "dtype"):
+        if not isinstance(obj[key], str) or not obj[key]:
+            bad(key, "a non-empty string", obj[key])
+    if not isinstance(obj["step"], int) or isinstance(obj["step"], bool) or obj["step"] < 0:
+        bad("step", "a non-negative integer", obj["step"])
+    if "weights_sha256" in obj and not (isinstance(obj["weights_sha256"], str) and len(obj["weights_sha256"]) == 64):
+        bad("weights_sha256", "a sha256 hex digest", obj["weights_sha256"])
+    if obj.get("kind") is not None and not isinstance(obj["kind"], str):
+        bad("kind", "a string", obj["kind"])
+    if obj.get("rng_state") is not None:
+        st = obj["rng_state"]
+        if not (isinstance(st, dict) and isinstance(st.get("bit_generator"), str) and isinstance(st.get("state"), dict)):
+            bad("rng_state", 'null or a numpy bit-generator state {"bit_generator": ..., "state": {...}}', st)
+    opt = obj.get("optimizer")
+    if opt is not None:
+        if not isinstance(opt, dict) or not isinstance(opt.get("t"), int) or isinstance(opt.get("t"), bool) or opt["t"] < 0:
+            bad("optimizer", 'null or {"t": steps taken (an integer >= 0), "hparams": {...}}', opt)
+        if not isinstance(opt.get("hparams", {}), dict):
+            bad("optimizer.hparams", "an object", opt.get("hparams"))
+    meta = obj.get("meta", {})
+    if not isinstance(meta, dict):
+        bad("meta", "an object", meta)
+    hist = meta.get("history")
+    if hist is not None:
+        if not isinstance(hist, dict) or not all(isinstance(hist.get(k, []), list) for k in ("step", "loss", "lr", "eval")):
+            bad("meta.history", 'an object of lists {"step", "loss", "lr", "eval"}', hist)
+        if not all(isinstance(e, dict) and {"step", "train", "val"} <= set(e) for e in hist.get("eval", [])):
+            bad("meta.history.eval", 'a list of {"step", "train", "val"} objects', hist.get("eval"))
+    if meta.get("data") is not None and not isinstance(meta["data"], dict):
+        bad("meta.data", "an object", meta["data"])
 
 
 def load_checkpoint(path, *, dtype=None, backend=None):
@@ -274,6 +319,13 @@ def load_checkpoint(path, *, dtype=None, backend=None):
     from safetensors import safe_open
     from safetensors.numpy import load_file
 
+    if "weights_sha256" in sc:  # checkpoints from before the checksum existed have none
+        from .data import file_sha256
+
+        digest = file_sha256(wfile)
+        if digest != sc["weights_sha256"]:
+            raise ValueError(f"{wfile}: sha256 is {digest}, but {SIDECAR} recorded {sc['weights_sha256']}: the weights "
+                             f"file is corrupted or was replaced")
     try:
         tensors = load_file(str(wfile))
         with safe_open(str(wfile), framework="numpy") as f:
@@ -286,6 +338,14 @@ def load_checkpoint(path, *, dtype=None, backend=None):
             f"says step {sc['step']} (tag {sc['tag']}); the pair is mixed up"
         )
     src = f"{wfile} (config in {SIDECAR})"
+    expected = set(model.p) | {p + n for p in ("optim.m.", "optim.v.") for n in model.p}
+    extra = sorted(set(tensors) - expected)
+    if extra:
+        raise ValueError(f"{src}: unexpected tensor {extra[0]!r} ({len(extra)} in all), which a {kind!r} model of this "
+                         f"config does not have")
+    for name, t in tensors.items():
+        if t.dtype != np.dtype(sc["dtype"]):
+            raise ValueError(f"{src}: tensor {name!r} has dtype {t.dtype}, expected {sc['dtype']} (the checkpoint's dtype)")
     model.load_state_dict(tensors, source=src)
     for name in model.p:
         if not np.all(np.isfinite(tensors[name])):
@@ -304,6 +364,8 @@ def load_checkpoint(path, *, dtype=None, backend=None):
                     raise ValueError(
                         f"{src}: tensor {prefix + name!r} expected shape {shape}, got {tuple(model_like[name].shape)}"
                     )
+                if not np.all(np.isfinite(model_like[name])):
+                    raise ValueError(f"{wfile}: optimiser tensor {prefix + name!r} contains NaN or inf values")
                 views[name][...] = model_like[name]
         optimizer = {"t": int(sc["optimizer"]["t"]), "m": m, "v": v, "hparams": sc["optimizer"].get("hparams", {})}
 

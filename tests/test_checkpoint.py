@@ -1,5 +1,6 @@
 """Checkpoints: round trip, atomic replacement, and one clear error per kind of damage."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,17 @@ def test_a_failed_save_keeps_the_old_checkpoint(saved, monkeypatch, fail_at):
 # ----------------------------------------------------------------------------- damage
 
 
+def _rehash(run):
+    """Record the weights file's current sha256 in the sidecar (a file damaged *consistently*, so the
+    checks behind the checksum are the ones tested)."""
+    from nanotransformer.data import file_sha256
+
+    sc = run.path / "checkpoint.json"
+    meta = json.loads(sc.read_text())
+    meta["weights_sha256"] = file_sha256(run.weights)
+    sc.write_text(json.dumps(meta))
+
+
 def _damage(run, how):
     sc = run.path / "checkpoint.json"
     meta = json.loads(sc.read_text())
@@ -169,13 +181,20 @@ def _damage(run, how):
     if how == "no weights":
         run.weights.unlink()
         return run.path, r"model-.*\.safetensors: missing"
-    if how == "truncated":
+    if how == "truncated":  # with the sidecar's checksum matching it, so the parse itself is tested
         data = run.weights.read_bytes()
         run.weights.write_bytes(data[: len(data) // 2])
+        _rehash(run)
         return run.path, r"model-.*\.safetensors: not a readable safetensors file"
     if how == "garbage":
         run.weights.write_bytes(b"\x00\x01garbage" * 10)
+        _rehash(run)
         return run.path, r"model-.*\.safetensors: not a readable safetensors file"
+    if how == "flipped bit":  # a bit of the tensor data: the file still parses; only the checksum sees it
+        data = bytearray(run.weights.read_bytes())
+        data[-7] ^= 0x01
+        run.weights.write_bytes(bytes(data))
+        return run.path, r"model-.*\.safetensors: sha256 is [0-9a-f]{64}, but checkpoint.json recorded [0-9a-f]{64}"
     if how == "shape":
         meta["config"]["d_model"] = 12  # the sidecar says 12 channels, the tensors have 8
         sc.write_text(json.dumps(meta))
@@ -195,7 +214,7 @@ def _damage(run, how):
     raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["no dir", "no sidecar", "bad json", "not ours", "no weights", "truncated",
+@pytest.mark.parametrize("how", ["no dir", "no sidecar", "bad json", "not ours", "no weights", "truncated", "flipped bit",
                                  "garbage", "shape", "vocab", "bad config", "mixed pair"])
 def test_damaged_checkpoint_is_one_clear_error(saved, how):
     path, match = _damage(saved, how)
@@ -211,15 +230,57 @@ def test_missing_tensor_and_nan_weights(saved):
     tensors = load_file(str(saved.weights))
     del tensors["h.1.mlp.c_fc.b"]
     save_file(tensors, str(saved.weights), metadata=meta)
+    _rehash(saved)
     with pytest.raises(ValueError, match=r"missing tensor 'h.1.mlp.c_fc.b' \(shape \(32,\)\)"):
         load_checkpoint(saved.path)
     tensors = load_file(str(saved.weights))
     tensors["h.1.mlp.c_fc.b"] = np.full(32, np.nan, dtype=np.float32)
     save_file(tensors, str(saved.weights), metadata=meta)
+    _rehash(saved)
     with pytest.raises(ValueError, match="'h.1.mlp.c_fc.b' contains NaN"):
         load_checkpoint(saved.path)
     tensors["h.1.mlp.c_fc.b"] = np.zeros(32, dtype=np.float32)
     del tensors["optim.v.wte"]
     save_file(tensors, str(saved.weights), metadata=meta)
+    _rehash(saved)
     with pytest.raises(ValueError, match="missing tensor 'optim.v.wte'"):
         load_checkpoint(saved.path)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("config", None, "'config' entry: expected a JSON object"),
+    ("rng_state", "abc", "'rng_state' entry: expected null or a numpy bit-generator state"),
+    ("optimizer", {"hparams": {}}, "'optimizer' entry: expected null or"),
+    ("optimizer", {"t": "3"}, "'optimizer' entry"),
+    ("meta", None, "'meta' entry: expected an object"),
+    ("meta", {"history": {"loss": 5}}, "'meta.history' entry"),
+    ("meta", {"history": {"eval": [3]}}, "'meta.history.eval' entry"),
+    ("meta", {"data": "x"}, "'meta.data' entry"),
+    ("step", -1, "'step' entry: expected a non-negative integer"),
+    ("step", "7", "'step' entry"),
+    ("weights_sha256", "abc", "'weights_sha256' entry"),
+    ("dtype", 5, "'dtype' entry"),
+])  # fmt: skip
+def test_a_garbled_sidecar_field_is_one_error_naming_it(saved, field, value, match):
+    sc = saved.path / "checkpoint.json"
+    meta = json.loads(sc.read_text())
+    meta[field] = value
+    sc.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=rf"checkpoint.json: .*{re.escape(match)}"):
+        load_checkpoint(saved.path)
+
+
+def test_wrong_dtype_extra_tensors_and_nan_moments_are_refused(saved):
+    from safetensors.numpy import load_file, save_file
+
+    meta = {"format": ck.FORMAT, "step": "7", "tag": json.loads((saved.path / "checkpoint.json").read_text())["tag"]}
+    good = load_file(str(saved.weights))
+    for change, match in (
+        (lambda t: {**t, "wte": t["wte"].astype(np.int32)}, "tensor 'wte' has dtype int32, expected float"),
+        (lambda t: {**t, "h.0.extra.w": t["wte"]}, "unexpected tensor 'h.0.extra.w'"),
+        (lambda t: {**t, "optim.m.wte": np.full_like(t["optim.m.wte"], np.nan)}, "optimiser tensor 'optim.m.wte' contains NaN"),
+    ):  # fmt: skip
+        save_file(change(dict(good)), str(saved.weights), metadata=meta)
+        _rehash(saved)
+        with pytest.raises(ValueError, match=re.escape(match)):
+            load_checkpoint(saved.path)

@@ -128,7 +128,7 @@ def test_corrupted_checkpoint_and_unknown_characters(trained, tmp_path, capsys):
     good = weights.read_bytes()
     weights.write_bytes(good[:100])
     code, _, err = run(["generate", "--checkpoint", str(out)], capsys)
-    assert code == 1 and f"{weights}: not a readable safetensors file" in err
+    assert code == 1 and f"{weights}: sha256 is " in err and "the weights file is corrupted or was replaced" in err
     weights.write_bytes(good)
     other = tmp_path / "other.txt"
     other.write_text("ZEBRA 123\n")

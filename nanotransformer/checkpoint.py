@@ -369,9 +369,14 @@ def load_checkpoint(path, *, dtype=None, backend=None):
                 views[name][...] = model_like[name]
         optimizer = {"t": int(sc["optimizer"]["t"]), "m": m, "v": v, "hparams": sc["optimizer"].get("hparams", {})}
 
+    tokenizer = _tokenizer_from_json(sc.get("tokenizer"), where)
+    V = getattr(getattr(model, "config", None), "vocab_size", None)
+    if tokenizer is not None and V is not None and tokenizer.vocab_size > V:
+        raise ValueError(f"{where}: the tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary only {V}: "
+                         f"they do not belong together")
     return Checkpoint(
         model=model,
-        tokenizer=_tokenizer_from_json(sc.get("tokenizer"), where),
+        tokenizer=tokenizer,
         step=int(sc["step"]),
         optimizer=optimizer,
         rng_state=sc.get("rng_state"),

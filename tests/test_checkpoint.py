@@ -284,3 +284,14 @@ def test_wrong_dtype_extra_tensors_and_nan_moments_are_refused(saved):
         _rehash(saved)
         with pytest.raises(ValueError, match=re.escape(match)):
             load_checkpoint(saved.path)
+
+
+def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused(saved):
+    sc = saved.path / "checkpoint.json"
+    meta = json.loads(sc.read_text())
+    bigger = CharTokenizer.from_text("abcdefghijk\nXYZ")  # 15 ids; the model has 12
+    save_checkpoint(saved.path / "other", saved.model, tokenizer=bigger)
+    meta["tokenizer"] = json.loads((saved.path / "other" / "checkpoint.json").read_text())["tokenizer"]
+    sc.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"checkpoint.json: the tokenizer has 15 ids but the model's vocabulary only 12"):
+        load_checkpoint(saved.path)

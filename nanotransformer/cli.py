@@ -31,6 +31,8 @@ Does not: run several experiments, read a config file (every setting is a flag),
 distribute training.
 """
 import argparse
+import contextlib
+import dataclasses
 import math
 import sys
 import warnings
@@ -284,6 +286,21 @@ def build_parser():
 # ----------------------------------------------------------------------------- train, finetune
 
 
+@contextlib.contextmanager
+def training_flags_named():
+    """A `train.TrainConfig` ValueError "field: ..." re-raised as "--field: ..." (the user typed a flag)."""
+    from .train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        yield
+    except ValueError as e:
+        field, sep, rest = str(e).partition(": ")
+        if sep and field in fields:
+            raise ValueError(f"--{field.replace('_', '-')}: {rest}") from None
+        raise
+
+
 def train_overrides(args):
     keys = list(TRAIN_DEFAULTS) + ["min_lr"]
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
@@ -318,8 +335,9 @@ def cmd_train(args, out=print):
         per_kind.check_resume_flags(args, kind, sc, out_dir)
         ckpt = load_checkpoint(out_dir, backend=args.backend)
         run = per_kind.resume_run(ckpt, args.data)
-        trainer = Trainer.from_checkpoint(ckpt, run.task, progress=not args.no_progress,
-                                          overrides=train_overrides(args))
+        with training_flags_named():
+            trainer = Trainer.from_checkpoint(ckpt, run.task, progress=not args.no_progress,
+                                              overrides=train_overrides(args))
         what = run.name if kind == "gpt" else f"{run.name}; {kind}"
         out(f"resuming {out_dir} at step {trainer.step} of {trainer.config.max_steps} ({what})")
         if trainer.step >= trainer.config.max_steps:
@@ -327,7 +345,8 @@ def cmd_train(args, out=print):
     else:
         kind = args.model or "gpt"
         per_kind.reject_flags(args, [d for d, kinds in per_kind.ONLY_FOR.items() if kind not in kinds], f"--model {kind}")
-        tcfg = TrainConfig(**{**per_kind.TRAIN_DEFAULTS[kind], **train_overrides(args)})
+        with training_flags_named():
+            tcfg = TrainConfig(**{**per_kind.TRAIN_DEFAULTS[kind], **train_overrides(args)})
         model, run = per_kind.new_run(kind, args, tcfg.seed)
         if has_checkpoint(out_dir):
             out(f"note: {out_dir} already holds a checkpoint; this run replaces it at its first evaluation "
@@ -375,7 +394,8 @@ def cmd_finetune(args, out=print):
                          f"got {args.train_blocks}")
     meta = {**per_kind.sentiment_meta(args.data, args), "pretrained": str(src.resolve()), "pretrained_step": ckpt.step}
     run = per_kind.sentiment_run(meta, ckpt.tokenizer, gpt.config.block_size)
-    tcfg = TrainConfig(**{**per_kind.TRAIN_DEFAULTS["classifier"], **train_overrides(args)})
+    with training_flags_named():
+        tcfg = TrainConfig(**{**per_kind.TRAIN_DEFAULTS["classifier"], **train_overrides(args)})
     clf = GPTClassifier(gpt, n_classes=2, pool=args.pool, train_blocks=args.train_blocks, seed=tcfg.seed)
     if args.lora_rank is not None and args.train_blocks is not None:
         raise ValueError("--train-blocks: not with --lora-rank (LoRA freezes the whole GPT and adapts every block)")

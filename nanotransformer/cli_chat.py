@@ -172,7 +172,7 @@ def sft_task(meta, tokenizer, block_size, convs=None):
 def cmd_sft(args, out=print):
     from .chat import add_chat_tokens
     from .checkpoint import has_checkpoint, load_checkpoint, read_sidecar
-    from .cli import check_adamw_flags, fit_and_report, train_overrides
+    from .cli import check_adamw_flags, fit_and_report, train_overrides, training_flags_named
     from .train import TrainConfig, Trainer
 
     check_adamw_flags(args)
@@ -194,13 +194,15 @@ def cmd_sft(args, out=print):
             raise ValueError(f"DATA: the run in {out_dir} trained on {ran_on}, got {given}; resume it on the same data")
         ckpt = load_checkpoint(out_dir, backend=args.backend)
         task, _ = sft_task(meta, ckpt.tokenizer, _gpt(ckpt.model).config.block_size)
-        trainer = Trainer.from_checkpoint(ckpt, task, progress=not args.no_progress, overrides=train_overrides(args))
+        with training_flags_named():
+            trainer = Trainer.from_checkpoint(ckpt, task, progress=not args.no_progress, overrides=train_overrides(args))
         out(f"resuming {out_dir} at step {trainer.step} of {trainer.config.max_steps}")
     else:
         meta = sft_meta(args)
         convs = sft_conversations(meta)
         defaults = SFT_TRAIN if args.from_ is None else SFT_FROM_TRAIN
-        tcfg = TrainConfig(**{**defaults, **train_overrides(args)})
+        with training_flags_named():
+            tcfg = TrainConfig(**{**defaults, **train_overrides(args)})
         if args.from_ is None:
             _reject_lora(args, "a fresh model (LoRA adapts a pretrained one: give --from)")
             model, tok = _fresh_chat_model(args, convs, tcfg.seed)
@@ -423,7 +425,7 @@ def dpo_splits(args):
 
 def cmd_dpo(args, out=print):
     from .checkpoint import has_checkpoint, load_checkpoint, read_sidecar
-    from .cli import check_adamw_flags, fit_and_report, train_overrides
+    from .cli import check_adamw_flags, fit_and_report, train_overrides, training_flags_named
     from .dpo import DPO, PreferenceTask, preference_accuracy
     from .train import TrainConfig, Trainer
 
@@ -465,7 +467,8 @@ def cmd_dpo(args, out=print):
         model = load_checkpoint(src, backend=args.backend).model
     else:
         model = maybe_lora(args, model, tok, src, False, out_dir, out)
-    tcfg = TrainConfig(**{**DPO_TRAIN, **train_overrides(args)})
+    with training_flags_named():
+        tcfg = TrainConfig(**{**DPO_TRAIN, **train_overrides(args)})
     if has_checkpoint(out_dir):
         out(f"note: {out_dir} already holds a checkpoint; this run replaces it at its first evaluation")
     trainer = Trainer(DPO(model, args.beta, args.sft_weight), task, tcfg, tokenizer=tok, out_dir=out_dir,

@@ -46,6 +46,15 @@ from .optim import AdamW, clip_grad_norm, lr_schedule
 from .tasks import LanguageModelTask
 
 
+def _finite(x):
+    """A finite real number (int or float, not bool)."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# a mean cross-entropy this large is no model at all, and exp() of it (the perplexity) overflows
+LOSS_LIMIT = 700.0
+
+
 class TrainingDiverged(RuntimeError):
     """The loss (or gradient norm) became NaN or inf."""
 
@@ -73,12 +82,26 @@ class TrainConfig:
             val = getattr(self, name)
             if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {val!r}")
-        if not isinstance(self.warmup, (int, np.integer)) or self.warmup < 0:
+        if not isinstance(self.warmup, (int, np.integer)) or isinstance(self.warmup, bool) or self.warmup < 0:
             raise ValueError(f"warmup: expected a non-negative integer, got {self.warmup!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed: expected a non-negative integer, got {self.seed!r}")
+        if not _finite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr: expected a positive learning rate, got {self.lr!r}")
         if self.min_lr is None:
             self.min_lr = self.lr / 10
+        if not _finite(self.min_lr) or not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr: expected a number in [0, lr={self.lr:g}] (the cosine decays from lr to it), "
+                             f"got {self.min_lr!r}")
+        for name in ("beta1", "beta2"):
+            if not _finite(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a number in [0, 1), got {getattr(self, name)!r}")
+        if not _finite(self.eps) or self.eps <= 0:
+            raise ValueError(f"eps: expected a positive number, got {self.eps!r}")
+        if not _finite(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay: expected a number >= 0, got {self.weight_decay!r}")
+        if self.grad_clip is not None and (not _finite(self.grad_clip) or self.grad_clip < 0):
+            raise ValueError(f"grad_clip: expected a number >= 0 (0 or None: no clipping), got {self.grad_clip!r}")
 
     def to_dict(self):
         return asdict(self)
@@ -136,7 +159,7 @@ class Trainer:
         c, model = self.config, self.model
         batch = self.task.get_batch("train", c.batch_size, self.rng)
         _, loss = self._forward(*batch, train=True, rng=self.rng, **getattr(self.task, "train_kwargs", {}))
-        if not math.isfinite(loss):
+        if not math.isfinite(loss) or loss > LOSS_LIMIT:
             self._diverged(f"loss is {loss}")
         model.backward()
         with np.errstate(invalid="ignore", over="ignore"):  # an inf norm is reported just below
@@ -222,8 +245,9 @@ class Trainer:
         if self.history["eval"] and self.history["eval"][-1]["step"] == self.step:
             return  # already evaluated at this step (e.g. just before a resume)
         ev = self.evaluate()
-        if not (math.isfinite(ev["train"]) and math.isfinite(ev["val"])):
-            self._diverged(f"evaluation loss is not finite (train {ev['train']}, val {ev['val']})")
+        if not all(math.isfinite(ev[k]) and ev[k] <= LOSS_LIMIT for k in ("train", "val")):
+            self._diverged(f"evaluation loss is not finite or too large for a perplexity (train {ev['train']}, "
+                           f"val {ev['val']})")
         self.history["eval"].append({"step": self.step, **ev})
         msg = f"step {self.step}: train loss {ev['train']:.4f}, val loss {ev['val']:.4f}"
         if getattr(self.task, "perplexity", False):

@@ -520,3 +520,17 @@ def test_resume_of_a_checkpoint_without_tokenizer_or_with_a_bad_config(tmp_path,
     assert main(["train", "--resume", "--out", str(tmp_path / "ck"), "--n-layer", "1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "'config' entry: expected a JSON object" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag, value, match", [
+    ("--grad-clip", "-1", "--grad-clip: expected a number >= 0"),
+    ("--grad-clip", "nan", "--grad-clip: expected a number >= 0"),
+    ("--min-lr", "1", "--min-lr: expected a number in [0, lr=0.003]"),
+    ("--weight-decay", "nan", "--weight-decay: expected a number >= 0"),
+    ("--seed", "-1", "--seed: expected a non-negative integer"),
+    ("--lr", "inf", "--lr: expected a positive learning rate"),
+])  # fmt: skip
+def test_bad_training_values_name_the_flag_before_anything_runs(corpus, tmp_path, capsys, flag, value, match):
+    code, _, err = run(["train", str(corpus), *TINY, "--out", str(tmp_path / "r"), flag, value], capsys)
+    assert code == 1 and match in err and "Traceback" not in err, err
+    assert not (tmp_path / "r").exists()  # nothing was written

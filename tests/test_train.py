@@ -2,6 +2,7 @@
 import hashlib
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -308,3 +309,34 @@ def test_token_stream_is_only_for_a_gpt():
     bert = BERT(BERTConfig(vocab_size=12, block_size=8, n_layer=1, n_head=2, d_model=8))
     with pytest.raises(ValueError, match="MaskedLMTask"):
         Trainer(bert, TokenData(np.arange(100) % 12), TrainConfig(max_steps=1))
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("grad_clip", -1.0, "grad_clip: expected a number >= 0"),
+    ("grad_clip", float("nan"), "grad_clip: expected a number >= 0"),
+    ("min_lr", 1.0, "min_lr: expected a number in [0, lr=0.001]"),
+    ("min_lr", -1e-4, "min_lr: expected a number in [0"),
+    ("weight_decay", float("nan"), "weight_decay: expected a number >= 0"),
+    ("weight_decay", -0.1, "weight_decay: expected a number >= 0"),
+    ("seed", -1, "seed: expected a non-negative integer"),
+    ("seed", 1.5, "seed: expected a non-negative integer"),
+    ("beta2", 1.0, "beta2: expected a number in [0, 1)"),
+    ("beta1", float("inf"), "beta1: expected a number in [0, 1)"),
+    ("eps", 0.0, "eps: expected a positive number"),
+    ("lr", float("nan"), "lr: expected a positive learning rate"),
+    ("warmup", True, "warmup: expected a non-negative integer"),
+])  # fmt: skip
+def test_train_config_rejects_every_bad_value_naming_the_field(field, value, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        TrainConfig(**{field: value})
+
+
+def test_a_loss_too_large_for_its_perplexity_is_divergence(monkeypatch):
+
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, d_model=8))
+    data = TokenData(np.arange(200) % 11, val_fraction=0.1)
+    trainer = Trainer(model, data, TrainConfig(batch_size=2, max_steps=2, eval_iters=1, eval_interval=1), progress=False)
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: (forward(*a, **k)[0], 800.0))  # finite, but exp(800) overflows
+    with pytest.raises(TrainingDiverged, match="not finite|loss is 800"):
+        trainer.fit(log=False)

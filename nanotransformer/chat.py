@@ -199,51 +199,53 @@ class ChatSession:
 
     def reply(self, text, on_text=None):
         """The user's turn `text` -> (answer: str, notes: list[str])."""
-        from .generation import generate_ids
-
         text, note = self._clean(text)
         notes = [note] if note else []
         self.history.append({"role": "user", "content": text})
         prompt = self._prompt(notes)
-        stops = set(self.sp.values())  # <|end|>, or any other template token the model emits
-        shown = [""]
-
-        def stream(ids):
-            new = [int(t) for t in ids[0, len(prompt):] if int(t) not in stops]
-            s = self.tokenizer.decode(new)
-            if s.endswith("\ufffd"):  # half a UTF-8 character: wait for the rest
-                return
-            if on_text is not None and len(s) > len(shown[0]):
-                on_text(s[len(shown[0]):])
-            shown[0] = s
-
-        out = generate_ids(self.model, prompt, self.max_new_tokens, rng=self.rng, on_token=stream,
-                           should_stop=lambda new: int(new[-1]) in stops, **self.sampling)  # fmt: skip
-        new = [int(t) for t in out[0, len(prompt):]]
-        cut = next((i for i, t in enumerate(new) if t in stops), len(new))
-        answer = self.tokenizer.decode(new[:cut])
-        if on_text is not None and len(answer) > len(shown[0]):
-            on_text(answer[len(shown[0]):])
-        if cut == len(new):
+        answer, ended = decode_answer(self.model, self.tokenizer, prompt, self.max_new_tokens, on_text=on_text,
+                                      rng=self.rng, **self.sampling)  # fmt: skip
+        if not ended:
             notes.append(f"note: the answer reached --max-new-tokens ({self.max_new_tokens}) without <|end|>")
         self.history.append({"role": "assistant", "content": answer})
         return answer, notes
 
 
+def decode_answer(model, tokenizer, prompt_ids, max_new_tokens, *, on_text=None, rng=None, **sampling):
+    """Decode the assistant's answer after prompt_ids (ending with <|assistant|>) until a template
+    token (<|end|>, or any other the model emits) or max_new_tokens -> (answer: str, ended: bool,
+    whether a template token ended it). on_text(new_text) streams it, whole characters only.
+    sampling: temperature, top_k, top_p as `generation.generate_ids` (default: greedy)."""
+    from .generation import generate_ids
+
+    stops = set(chat_ids(tokenizer).values())
+    T0, shown = len(prompt_ids), [""]
+
+    def stream(ids):
+        s = tokenizer.decode([int(t) for t in ids[0, T0:] if int(t) not in stops])
+        if s.endswith("\ufffd"):  # half a UTF-8 character: wait for the rest
+            return
+        if len(s) > len(shown[0]):
+            on_text(s[len(shown[0]) :])
+        shown[0] = s
+
+    sampling.setdefault("temperature", 0.0)
+    out = generate_ids(model, np.asarray(prompt_ids), max_new_tokens, rng=rng, on_token=stream if on_text else None,
+                       should_stop=lambda new: int(new[-1]) in stops, **sampling)  # fmt: skip
+    new = [int(t) for t in out[0, T0:]]
+    cut = next((i for i, t in enumerate(new) if t in stops), len(new))
+    answer = tokenizer.decode(new[:cut])
+    if on_text is not None and len(answer) > len(shown[0]):
+        on_text(answer[len(shown[0]) :])
+    return answer, cut < len(new)
+
+
 def answer(model, tokenizer, messages, max_new_tokens=32):
     """The greedy answer of a chat model to a conversation ending with a user message (the
     exact-match evaluation of `nanotransformer eval ... skills`) -> str."""
-    from .generation import generate_ids
-
-    sp = chat_ids(tokenizer)
     ids, _ = encode_chat(tokenizer, messages, add_generation_prompt=True)
-    stops = set(sp.values())
     room = model.config.block_size - len(ids)
     if room < 1:
         raise ValueError(f"messages: expected a conversation shorter than the block size {model.config.block_size}, "
                          f"got {len(ids)} tokens")
-    out = generate_ids(model, np.asarray(ids), min(max_new_tokens, room), temperature=0,
-                       should_stop=lambda new: int(new[-1]) in stops)  # fmt: skip
-    new = [int(t) for t in out[0, len(ids):]]
-    cut = next((i for i, t in enumerate(new) if t in stops), len(new))
-    return tokenizer.decode(new[:cut])
+    return decode_answer(model, tokenizer, ids, min(max_new_tokens, room))[0]

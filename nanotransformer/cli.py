@@ -306,20 +306,22 @@ def train_overrides(args):
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
-def check_adamw_flags(args):
-    for name in ("beta1", "beta2"):
-        v = getattr(args, name)
-        if v is not None and not 0.0 <= v < 1.0:
-            raise ValueError(f"--{name}: expected a value in [0, 1), got {v}")
-    if args.eps is not None and not (args.eps > 0 and math.isfinite(args.eps)):
-        raise ValueError(f"--eps: expected a positive number, got {args.eps}")
+def check_training_flags(args):
+    """Every training flag given, checked on its own by TrainConfig's rules before any work (the
+    config itself checks them again, with min_lr against lr, once the run's values are known)."""
+    from .train import FIELD_RULES, check_train_value
+
+    with training_flags_named():
+        for name in FIELD_RULES:
+            if getattr(args, name, None) is not None:
+                check_train_value(name, getattr(args, name))
 
 
 def cmd_train(args, out=print):
     from .checkpoint import has_checkpoint, load_checkpoint, read_sidecar
     from .train import TrainConfig, Trainer
 
-    check_adamw_flags(args)
+    check_training_flags(args)
     out_dir = Path(args.out)
     if args.resume:
         sc = read_sidecar(out_dir)  # validates before any work
@@ -377,7 +379,7 @@ def cmd_finetune(args, out=print):
     from .finetuning import GPTClassifier
     from .train import TrainConfig, Trainer
 
-    check_adamw_flags(args)
+    check_training_flags(args)
     src, out_dir = Path(args.checkpoint), Path(args.out)
     if out_dir.resolve() == src.resolve():
         raise ValueError(f"--out: refusing to write the classifier over the input checkpoint {src} (choose "
@@ -434,8 +436,9 @@ def cmd_generate(args, out=print):
     from .checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
-    if ckpt.model.kind == "lora":  # adapters: merged into their base, a GPT or a classifier at plain speed
-        ckpt.model = ckpt.model.merged_model()
+    from .lora import inference_model
+
+    ckpt.model = inference_model(ckpt.model)  # a LoRA: merged into its base, a GPT or a classifier
     kind = ckpt.model.kind
     per_kind.reject_flags(args, [d for d in GENERATE_FLAGS["gpt"] if d not in GENERATE_FLAGS[kind]], f"a {kind} checkpoint")
     if ckpt.tokenizer is None:

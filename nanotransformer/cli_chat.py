@@ -172,10 +172,10 @@ def sft_task(meta, tokenizer, block_size, convs=None):
 def cmd_sft(args, out=print):
     from .chat import add_chat_tokens
     from .checkpoint import has_checkpoint, load_checkpoint, read_sidecar
-    from .cli import check_adamw_flags, fit_and_report, train_overrides, training_flags_named
+    from .cli import check_training_flags, fit_and_report, train_overrides, training_flags_named
     from .train import TrainConfig, Trainer
 
-    check_adamw_flags(args)
+    check_training_flags(args)
     out_dir = Path(args.out)
     if args.resume:
         sc = read_sidecar(out_dir)
@@ -318,9 +318,9 @@ def maybe_lora(args, model, tok, src, new_base, out_dir, out, why=None):
 
 def chat_model(ckpt, where):
     """The GPT to chat with from a checkpoint (a LoRA's adapters merged into its base)."""
-    model = ckpt.model
-    if model.kind == "lora":
-        model = model.merged_model()
+    from .lora import inference_model
+
+    model = inference_model(ckpt.model)
     if model.kind != "gpt":
         raise ValueError(f"{where}: expected a GPT (sft or dpo) checkpoint, got a {model.kind!r} checkpoint")
     from .chat import chat_ids
@@ -347,8 +347,9 @@ def skills_scores(model, tokenizer, per_skill=EVAL_PER_SKILL, seed=0):
 
 
 def skills_report(model, tokenizer, out, per_skill=EVAL_PER_SKILL):
-    model = model.merged_model() if getattr(model, "kind", None) == "lora" else model
-    scores = skills_scores(model, tokenizer, per_skill)
+    from .lora import inference_model
+
+    scores = skills_scores(inference_model(model), tokenizer, per_skill)
     parts = [f"{s} {c / n:.0%}" for s, (c, n) in scores.items()]
     total = sum(c for c, _ in scores.values()) / sum(n for _, n in scores.values())
     out(f"exact match on held-out skills ({per_skill} per skill): " + ", ".join(parts) + f"; overall {total:.1%}")
@@ -425,11 +426,11 @@ def dpo_splits(args):
 
 def cmd_dpo(args, out=print):
     from .checkpoint import has_checkpoint, load_checkpoint, read_sidecar
-    from .cli import check_adamw_flags, fit_and_report, train_overrides, training_flags_named
+    from .cli import check_training_flags, fit_and_report, train_overrides, training_flags_named
     from .dpo import DPO, PreferenceTask, preference_accuracy
     from .train import TrainConfig, Trainer
 
-    check_adamw_flags(args)
+    check_training_flags(args)
     if not (args.beta > 0 and math.isfinite(args.beta)):
         raise ValueError(f"--beta: expected a positive number, got {args.beta}")
     src, out_dir = Path(args.from_), Path(args.out)
@@ -477,7 +478,9 @@ def cmd_dpo(args, out=print):
         f"sft weight {args.sft_weight}; "
         f"{tcfg.max_steps} steps of {tcfg.batch_size} pairs")
     fit_and_report(trainer, SimpleNamespace(kind="dpo"), args, out_dir, out, 0)
-    policy = model.merged_model() if model.kind == "lora" else model
+    from .lora import inference_model
+
+    policy = inference_model(model)
     acc1, margin_acc, z = preference_accuracy(policy, task, beta=args.beta)
     out(f"after: the model prefers the chosen answer in {acc1:.1%} of val pairs; DPO margin positive in "
         f"{margin_acc:.1%} (mean margin {z:.2f})")

@@ -497,9 +497,10 @@ def evaluate(ckpt, args, out):
 
         skills_report(chat_model(ckpt, args.checkpoint), ckpt.tokenizer, out)
         return
-    if kind == "lora":  # adapters merged into their base: a GPT (or a classifier)
-        ckpt.model = ckpt.model.merged_model()
-        kind = ckpt.model.kind
+    from .lora import inference_model
+
+    ckpt.model = inference_model(ckpt.model)  # a LoRA: merged into its base, a GPT (or a classifier)
+    kind = ckpt.model.kind
     model, tok, meta = ckpt.model, ckpt.tokenizer, ckpt.meta.get("data") or {}
     if kind in ("gpt", "bert"):
         from .data import load_text

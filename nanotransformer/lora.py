@@ -276,3 +276,9 @@ class LoRA(ParamStore):
         lora = cls(ckpt.model, d["rank"], d["alpha"], d["targets"], seed=None)
         lora.base_checkpoint = {**base, "weights": sc["weights"], "sha256": now}
         return lora
+
+
+def inference_model(model):
+    """`model` as it runs for inference: a LoRA's adapters merged into its base (`merged_model`, a
+    plain GPT or classifier at plain speed), any other model as it is."""
+    return model.merged_model() if getattr(model, "kind", None) == "lora" else model

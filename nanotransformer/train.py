@@ -51,6 +51,33 @@ def _finite(x):
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _int_at_least(low):
+    return lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low
+
+
+# TrainConfig's fields that are checked on their own (min_lr is checked against lr): name ->
+# (test, what is expected). The one set of rules, for the config and for the commands' flags.
+FIELD_RULES = {
+    **{name: (_int_at_least(1), "a positive integer") for name in ("batch_size", "max_steps", "eval_interval",
+                                                                  "eval_iters")},  # fmt: skip
+    "warmup": (_int_at_least(0), "a non-negative integer"),
+    "seed": (_int_at_least(0), "a non-negative integer"),
+    "lr": (lambda v: _finite(v) and v > 0, "a positive learning rate"),
+    "beta1": (lambda v: _finite(v) and 0 <= v < 1, "a value in [0, 1)"),
+    "beta2": (lambda v: _finite(v) and 0 <= v < 1, "a value in [0, 1)"),
+    "eps": (lambda v: _finite(v) and v > 0, "a positive number"),
+    "weight_decay": (lambda v: _finite(v) and v >= 0, "a number >= 0"),
+    "grad_clip": (lambda v: v is None or (_finite(v) and v >= 0), "a number >= 0 (0 or None: no clipping)"),
+}
+
+
+def check_train_value(name, value):
+    """One TrainConfig field on its own (FIELD_RULES); ValueError "name: expected ..., got ..."."""
+    ok, expected = FIELD_RULES[name]
+    if not ok(value):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+
+
 # a mean cross-entropy this large is no model at all, and exp() of it (the perplexity) overflows
 LOSS_LIMIT = 700.0
 
@@ -78,30 +105,13 @@ class TrainConfig:
     seed: int = 1337
 
     def __post_init__(self):
-        for name in ("batch_size", "max_steps", "eval_interval", "eval_iters"):
-            val = getattr(self, name)
-            if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {val!r}")
-        if not isinstance(self.warmup, (int, np.integer)) or isinstance(self.warmup, bool) or self.warmup < 0:
-            raise ValueError(f"warmup: expected a non-negative integer, got {self.warmup!r}")
-        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed: expected a non-negative integer, got {self.seed!r}")
-        if not _finite(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr: expected a positive learning rate, got {self.lr!r}")
+        for name in FIELD_RULES:
+            check_train_value(name, getattr(self, name))
         if self.min_lr is None:
             self.min_lr = self.lr / 10
         if not _finite(self.min_lr) or not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"min_lr: expected a number in [0, lr={self.lr:g}] (the cosine decays from lr to it), "
                              f"got {self.min_lr!r}")
-        for name in ("beta1", "beta2"):
-            if not _finite(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected a number in [0, 1), got {getattr(self, name)!r}")
-        if not _finite(self.eps) or self.eps <= 0:
-            raise ValueError(f"eps: expected a positive number, got {self.eps!r}")
-        if not _finite(self.weight_decay) or self.weight_decay < 0:
-            raise ValueError(f"weight_decay: expected a number >= 0, got {self.weight_decay!r}")
-        if self.grad_clip is not None and (not _finite(self.grad_clip) or self.grad_clip < 0):
-            raise ValueError(f"grad_clip: expected a number >= 0 (0 or None: no clipping), got {self.grad_clip!r}")
 
     def to_dict(self):
         return asdict(self)

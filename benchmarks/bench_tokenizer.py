@@ -1,7 +1,7 @@
 """Benchmark the tokenizers: BPE training speed and encoding throughput.
 
     python benchmarks/bench_tokenizer.py [--text PATH] [--vocab-size 4096] [--reference-merges 10]
-                                         [--full-reference] [--repeats 3]
+                                         [--full-reference] [--repeats 3] [--hostile]
 
 Training (tinyshakespeare to vocab 4096, GPT-4 split pattern):
   - ours: BPETokenizer.train, i.e. regex split + the Numba trainer bpe.train_fast;
@@ -16,6 +16,11 @@ Training (tinyshakespeare to vocab 4096, GPT-4 split pattern):
 Encoding (the same text): our encode with the cl100k_base ranks and with the trained vocabulary,
 with an empty chunk cache ("cold") and a filled one ("warm"), beside tiktoken's encode_ordinary on
 the same ranks; tiktoken's ids are checked to be equal to ours. Times are the best of --repeats.
+
+--hostile times only what issue 15 found slow: train + encode (what `--tokenizer bpe` does) of
+100/200/400 KB of one repeated letter, and training one long chunk (pattern=None, the text's first
+200 KB) to 512 and to 1300 ids: each should grow about linearly with the text and barely with
+the number of merges.
 
 Does not: measure memory, or multi-document throughput (tiktoken's encode_batch is multi-threaded).
 """
@@ -102,6 +107,26 @@ def bench_hf(text, vocab_size, repeats):
     return seconds, vocab
 
 
+def bench_hostile(text, repeats):
+    """Issue 15's slow cases (see the module docstring), best of `repeats` each."""
+    import warnings
+
+    warnings.simplefilter("ignore")  # one repeated letter runs out of pairs to merge: expected
+
+    def train_and_encode(t):
+        tok = BPETokenizer().train(t, 512)
+        assert tok.decode(tok.encode(t)) == t
+
+    train_and_encode("a" * 1000)  # compile outside the timings
+    for n in (100_000, 200_000, 400_000):
+        seconds, _ = best_of(repeats, lambda: train_and_encode("a" * n))
+        print(f"'a' x {n // 1000} KB, train to 512 ids + encode: {seconds:.3f} s")
+    chunk = text[:200_000]
+    for vocab_size in (512, 1300):
+        seconds, _ = best_of(repeats, lambda: BPETokenizer().train(chunk, vocab_size, pattern=None))
+        print(f"one 200 KB chunk (pattern=None) of the text, train to {vocab_size} ids: {seconds:.3f} s")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--text", type=Path, default=DEFAULT_TEXT)
@@ -109,6 +134,7 @@ def main():
     ap.add_argument("--reference-merges", type=int, default=10)
     ap.add_argument("--full-reference", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--hostile", action="store_true", help="time only issue 15's slow cases")
     args = ap.parse_args()
 
     text = args.text.read_text(encoding="utf-8")
@@ -117,6 +143,8 @@ def main():
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
           f"(load average {os.getloadavg()[0]:.1f} at start), Python {platform.python_version()}, "
           f"numba {numba.__version__}")
+    if args.hostile:
+        return bench_hostile(text, args.repeats)
     print(f"text: {args.text.name}, {n_bytes / 1e6:.2f} MB; vocab_size {args.vocab_size} "
           f"({n_merges} merges), GPT-4 split pattern\n")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .validation import check_array, check_ids
+from .validation import check_array, check_ids, id_list
 
 SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[CLS]", "[MASK]")
 PAD_ID, BOS_ID, EOS_ID, CLS_ID, MASK_ID = range(len(SPECIALS))
@@ -63,7 +63,11 @@ class Vocab:
         return [self.stoi[t] for t in tokens]
 
     def decode(self, ids):
-        return [self.itos[int(i)] for i in ids]
+        ids = id_list("ids", ids)
+        bad = next((i for i in ids if not 0 <= i < len(self.itos)), None)
+        if bad is not None:  # a negative id would silently index from the end
+            raise ValueError(f"ids: expected ids in [0, {len(self.itos)}), got {bad}")
+        return [self.itos[i] for i in ids]
 
     def to_dict(self):
         return {"kind": "vocab", "specials": list(self.specials), "tokens": self.itos[len(self.specials):]}

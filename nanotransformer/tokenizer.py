@@ -12,7 +12,8 @@ Two tokenizers, the two the book needs:
 How `BPETokenizer.encode` turns text into ids:
     text -> split out the allowed special tokens (e.g. "<|endoftext|>"), each becomes one id
          -> Unicode-normalise the rest, if the tokenizer has a normalizer (only "NFC", Qwen2's)
-         -> split it with a regex into chunks (words, numbers, punctuation, whitespace runs)
+         -> split it with a regex into chunks (words, numbers, punctuation, whitespace runs;
+            pretokenize.py: a pattern must cover the text, nothing is ever dropped)
          -> UTF-8 bytes of each chunk -> merge bytes into tokens by rank (bpe.py) -> ids
 `decode` maps ids back to bytes, joins them and decodes UTF-8, with U+FFFD for invalid sequences
 (a single id can be half of a multi-byte character).
@@ -45,11 +46,11 @@ import unicodedata
 import warnings
 from pathlib import Path
 
-import numpy as np
 import regex
 
-from . import bpe
+from . import bpe, pretokenize
 from .tokenizer_files import Reader, header_line
+from .validation import id_list
 
 # GPT-2's split pattern, as published (minbpe uses the same): the contractions 's 't 're 've 'm 'll
 # 'd; a letter run, a digit run or a punctuation run, each with at most one leading space; then
@@ -192,7 +193,7 @@ class CharTokenizer:
 
     def decode(self, ids):
         """ids: iterable of int in [0, V) -> str."""
-        ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+        ids = id_list("ids", ids)
         try:
             return "".join([self.itos[i] for i in ids])
         except (KeyError, TypeError):
@@ -275,6 +276,15 @@ def encode_with_specials(text, special_tokens, allowed_special, encode_ordinary)
     return ids
 
 
+def _check_dense(what, max_id, n_tokens):
+    """Ids must lie near the number of tokens: every id up to the largest is an embedding row of
+    a model built on the tokenizer, so a rank of 10^11 would ask for 10^11 rows."""
+    limit = 2 * n_tokens + 4096
+    if max_id >= limit:
+        raise ValueError(f"{what}: expected ids below {limit:,} for {n_tokens:,} tokens, got {max_id:,} (every id up "
+                         "to the largest is a row of the model's embedding)")
+
+
 def _is_key(d, key):
     try:
         return key in d
@@ -287,15 +297,18 @@ def _is_key(d, key):
 
 
 def _resolve_pattern(pattern):
-    """'gpt2' | 'gpt4' | None | a regex string -> (regex source or None, compiled or None)."""
+    """'gpt2' | 'gpt4' | None | a regex string -> (regex source or None, compiled or None).
+    A regex that leaves some of pretokenize.PROBE uncovered is refused (see pretokenize.py)."""
     if pattern is None:
         return None, None
     source = _NAMED_PATTERNS.get(pattern, pattern) if isinstance(pattern, str) else None
     try:
-        return source, regex.compile(source)
+        compiled = regex.compile(source)
     except (regex.error, TypeError) as e:
         raise ValueError(f"pattern: expected 'gpt2', 'gpt4', None or a valid regex, got "
                          f"{pattern!r} ({e})") from None
+    pretokenize.check_pattern(source, compiled)
+    return source, compiled
 
 
 def _special_regex(tokens):
@@ -309,9 +322,10 @@ class BPETokenizer:
     BPETokenizer(ranks=None, pattern="gpt4", special_tokens=None)
     ranks: dict[bytes, int] mergeable ranks (as in tiktoken); must include all 256 single bytes.
         None gives the untrained tokenizer: 256 single-byte tokens with id = byte value.
-    pattern: "gpt4" | "gpt2" | None (no splitting: BPE runs over the whole text) | a regex. A
-        custom regex should match every character: text that no match covers is dropped (as in
-        tiktoken).
+    pattern: "gpt4" | "gpt2" | None (no splitting: BPE runs over the whole text) | a regex, which
+        must cover every character: one that leaves part of a probe text uncovered is refused, and
+        text it still misses when encoding becomes chunks of its own, never dropped (tiktoken
+        drops it), so decode(encode(s)) == s always (pretokenize.py).
     special_tokens: dict[str, int], see register_special_tokens.
     normalizer: None (default: the text is used as given) or "NFC": Unicode-normalise the text
         before splitting it (not the special tokens, which are found in the text as given, as in
@@ -362,6 +376,7 @@ class BPETokenizer:
         if bad:
             raise ValueError(f"unmerged: expected ids of multi-byte tokens of ranks, got {bad[0]}")
         self._max_rank = max(self.vocab)
+        _check_dense("ranks", self._max_rank, len(self.vocab))
         self._decoder = dict(self.vocab)  # id -> bytes, special tokens included
         self._table = None  # bpe.PairTable, built on the first encode
         self._cache = {}
@@ -421,8 +436,8 @@ class BPETokenizer:
                              f"BPE (256 byte tokens{extra} + at least one merge), got {vocab_size!r}")
         source, split_re = _resolve_pattern(pattern)
         segments = regex.split(_special_regex(special), text)[::2] if special else [text]
-        chunks = [c.encode("utf-8") for seg in segments
-                  for c in (split_re.findall(seg) if split_re else [seg] if seg else [])]
+        # strict: refuse to learn from a split that leaves some of the text uncovered
+        chunks = [c.encode("utf-8") for seg in segments for c in pretokenize.split(split_re, seg, strict=source)]
         merges, vocab = bpe.train_fast(chunks, int(vocab_size) - n_special, verbose=verbose)
         if len(vocab) + n_special < vocab_size:
             warnings.warn(f"training text ran out of pairs to merge: vocab_size is "
@@ -449,6 +464,8 @@ class BPETokenizer:
                 raise ValueError(f"special_tokens[{tok!r}]: expected an id not used by an ordinary "
                                  f"token, got {idx}, which is {self.vocab[idx]!r}")
         merged = {**self.special_tokens, **{t: int(i) for t, i in special_tokens.items()}}
+        for tok, idx in special_tokens.items():
+            _check_dense(f"special_tokens[{tok!r}]", int(idx), len(self.vocab) + len(merged))
         if len(set(merged.values())) != len(merged):
             raise ValueError(f"special_tokens: expected distinct ids, got {merged}")
         for tok in self.special_tokens:
@@ -480,7 +497,7 @@ class BPETokenizer:
     def _encode_ordinary(self, text):
         if self.normalizer is not None:
             text = unicodedata.normalize(self.normalizer, text)
-        chunks = self._split_re.findall(text) if self._split_re else [text] if text else []
+        chunks = pretokenize.split(self._split_re, text)
         cache = self._cache
         missing = {c for c in chunks if c not in cache}
         if missing:
@@ -504,7 +521,7 @@ class BPETokenizer:
 
     def decode_bytes(self, ids):
         """ids: iterable of int -> the raw bytes they stand for."""
-        ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+        ids = id_list("ids", ids)
         try:
             return b"".join([self._decoder[i] for i in ids])
         except (KeyError, TypeError):

@@ -28,11 +28,14 @@ def check_array(name, x, ndim=None, min_ndim=None, shape=None, floating=False):
             raise ValueError(f"{name}: expected shape {want}, got {x.shape}")
 
 
-def check_number(name, value, above):
-    """A finite real number (int or float, not bool) greater than `above`, e.g. an eps or RoPE's theta."""
+def check_number(name, value, above=None, *, at_least=None):
+    """A finite real number (int or float, not bool) greater than `above` (or at least `at_least`),
+    e.g. RoPE's theta > 1, a layer norm's eps >= 0."""
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    if not ok or not np.isfinite(value) or value <= above:
+    if above is not None and (not ok or not np.isfinite(value) or value <= above):
         raise ValueError(f"{name}: expected a finite number > {above:g}, got {value!r}")
+    if at_least is not None and (not ok or not np.isfinite(value) or value < at_least):
+        raise ValueError(f"{name}: expected a finite number >= {at_least:g}, got {value!r}")
 
 
 def check_same_dtype(**arrays):
@@ -59,6 +62,20 @@ def check_ids(name, ids, upper, allow=None):
         bad = vals[(vals < 0) | (vals >= upper)][0]
         extra = f" or {allow}" if allow is not None else ""
         raise ValueError(f"{name}: expected ids in [0, {upper}){extra}, got {int(bad)}")
+
+
+def id_list(name, ids):
+    """Token ids (an array or an iterable) -> a list of ints, for a decoder; a float or bool entry
+    is an error (65.0 must not quietly decode as 65, nor True as 1). Range is the caller's check."""
+    if isinstance(ids, np.ndarray):
+        if ids.size and ids.dtype.kind not in "iu":
+            raise ValueError(f"{name}: expected integer token ids, got an array of dtype {ids.dtype}")
+        return ids.tolist()
+    ids = list(ids)
+    for pos, i in enumerate(ids):
+        if type(i) is not int and not isinstance(i, np.integer):
+            raise ValueError(f"{name}: expected integer token ids, got {i!r} at position {pos}")
+    return ids
 
 
 def check_model_config(cfg, int_fields):

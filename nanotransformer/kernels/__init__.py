@@ -40,6 +40,12 @@ depend on how many threads ran them. Each float kernel is compiled twice from on
 Numbers: float32 and float64 both work (the parity tests run both); every scalar is cast to the
 arrays' dtype in the wrapper so float32 stays float32 inside the kernels.
 
+Where the on-disk cache lives: Numba's cache files are pickles, so `jit.cache_dir` keeps them in
+the package's __pycache__ only if the package directory is the user's own (and not writable by
+others); otherwise, e.g. for a shared install, in $XDG_CACHE_HOME/nanotransformer/numba
+(~/.cache/nanotransformer/numba). A NUMBA_CACHE_DIR you set always wins; NUMBA_DISABLE_JIT=1
+compiles nothing and caches nothing.
+
 On-disk cache: Numba's `cache=True` notices an edit only of the file a function is defined in,
 not of the functions it calls, yet `jit.py`'s helpers are inlined into every float kernel. So
 importing the package ties every float kernel's cache to `jit.py`'s contents as well
@@ -54,7 +60,8 @@ Does not: run fast under NUMBA_DISABLE_JIT=1 (the same code then runs as plain P
 CI uses for coverage), or use BLAS (that is the "numpy" backend: backend.AUTO records which one
 the default picks per op, and why).
 """
-from . import adamw, attention, bpe, cross_entropy, gelu, jit, layernorm, linear, rmsnorm, rope  # noqa: F401 (bpe: the BPE kernels)
+from . import jit  # first: it sets where Numba caches the kernels (jit.cache_dir), before any is defined
+from . import adamw, attention, bpe, cross_entropy, gelu, layernorm, linear, rmsnorm, rope  # noqa: F401 (bpe: the BPE kernels)
 
 # The float kernels inline jit.py's helpers: key their on-disk cache on jit.py too (see above).
 jit.cache_depends_on_this_file(jit, linear, attention, layernorm, rmsnorm, rope, gelu, cross_entropy, adamw)

@@ -2,7 +2,8 @@
 `tokenizer.BPETokenizer` runs.
 
 - `train_fast`, twin of `bpe.train_reference`: kernels `_count_pairs_nb`, `_pop_best_pair_nb`,
-  `_merge_pair_nb`, with the loop over merges in Python;
+  `_merge_pair_nb` (O(N log N) in the N bytes of text, even when one chunk is all of it), with the
+  loop over merges in Python;
 - `PairTable` and `encode_chunks`, twin of `bpe.encode_chunk_reference` applied to many chunks:
   kernel `_encode_chunks_nb`.
 
@@ -25,99 +26,172 @@ from numba.typed import Dict, List
 # ----------------------------------------------------------------------------------------------
 # Training: the Numba twin
 #
-# Same rule, three changes that make it fast without changing the result:
+# Same rule, four changes that make it fast without changing the result:
 #   1. identical chunks are stored once with a count ("the" appears ~7000 times in Shakespeare but
 #      is merged once), which changes no pair count;
-#   2. pair counts live in a dict that is *updated* after a merge, touching only the chunks that
-#      contained the merged pair, instead of being recounted from scratch;
-#   3. the best pair comes from a heap of (-count, a * V + b) entries. Sorting by a * V + b is
+#   2. every chunk is a doubly linked list of tokens over the flat byte array: the token starting at
+#      byte i has id tok[i], the next token starts at nxt[i] (-1 at the chunk's end), the previous
+#      one at prv[i]; a merge at i swallows the token at j = nxt[i] (tok[j] = -1, dead);
+#   3. every pair has an index of the positions where it occurs (a linked list of occurrences,
+#      appended to whenever a merge creates the pair, never pruned). A merge visits only the
+#      positions of its own pair, skipping stale ones (position dead, or now another pair: a pair
+#      that leaves a position never comes back, since its bytes only grow there), and updates only
+#      the counts of the two neighbouring pairs. Each applied merge removes one token and adds at most
+#      two occurrences, so training costs O(N log N) for N bytes whatever the vocabulary size, even
+#      for one huge chunk (pattern=None, or a megabyte of "aaaa"), where recounting the chunks that
+#      contain the pair cost O(N) per merge;
+#   4. the best pair comes from a heap of (-count, a * V + b) entries. Sorting by a * V + b is
 #      sorting by (a, b), so the heap's minimum is exactly the reference's choice. Entries are never
 #      removed when a count changes; a fresh entry is pushed instead and stale ones (whose count no
-#      longer matches the dict) are skipped when popped ("lazy deletion").
+#      longer matches) are skipped when popped ("lazy deletion").
+# Overlaps: only a pair (a, a) can overlap itself ("aaa" holds two), and `bpe.merge` takes such
+# occurrences left to right, so those positions are sorted before merging: the merge at i kills
+# the token at i + 1, and the occurrence starting there is then skipped as stale.
 # Only the loop over merges stays in Python (a few microseconds per merge), because looking up
 # whether the merged bytes already exist is a bytes-keyed dict lookup that Numba cannot do.
 
 _PAIR_HEAP_ITEM = types.Tuple((types.int64, types.int64))  # (-count, a * V + b)
 
 
+class _TrainState:
+    """The arrays `_count_pairs_nb` and `_merge_pair_nb` share (N bytes of W distinct chunks).
+
+    tok, nxt, prv: (N,) int64, the linked lists of tokens (see the section comment);
+    weight: (N,) int64, occurrences of the chunk each byte belongs to;
+    slot_of: typed Dict[int64, int64], pair key a * V + b -> its slot s;
+    counts, heads: (E,) int64 per slot: the pair's count, its most recent occurrence entry (-1: none);
+    occ_pos, occ_next: (E,) int64 per occurrence entry: position, previous entry of the same pair;
+    sizes: (2,) int64, slots and entries used. E = 3 (N - W) + 1 bounds both: N - W initial pairs,
+    at most N - W merges applied, each adding at most two occurrences.
+    heap: typed List[(-count, key)].
+    """
+
+    def __init__(self, words, V):
+        lengths = np.array([len(w) for w in words], dtype=np.int64)
+        starts = np.zeros(len(words), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        self.tok = np.frombuffer(b"".join(words), dtype=np.uint8).astype(np.int64)  # (N,)
+        N = self.tok.shape[0]
+        self.starts, self.lengths = starts, lengths
+        self.nxt = np.empty(N, dtype=np.int64)
+        self.prv = np.empty(N, dtype=np.int64)
+        self.weight = np.empty(N, dtype=np.int64)
+        E = 3 * (N - len(words)) + 1
+        self.counts, self.heads = np.zeros(E, dtype=np.int64), np.full(E, -1, dtype=np.int64)
+        self.occ_pos, self.occ_next = np.empty(E, dtype=np.int64), np.empty(E, dtype=np.int64)
+        self.sizes = np.zeros(2, dtype=np.int64)
+        self.slot_of = Dict.empty(key_type=types.int64, value_type=types.int64)
+        self.heap = List.empty_list(_PAIR_HEAP_ITEM)
+        self.V = V
+
+    def index(self):
+        """The arguments every kernel below starts with."""
+        return (self.slot_of, self.counts, self.heads, self.occ_pos, self.occ_next, self.sizes)
+
+
 @njit(cache=True)
-def _count_pairs_nb(pair_counts, heap, tokens, starts, lengths, word_counts, V):
+def _add_pair_nb(slot_of, counts, heads, occ_pos, occ_next, sizes, key, i, c):
+    """One more occurrence, of weight c, of pair `key` at position i: count it and index it."""
+    if key in slot_of:
+        s = slot_of[key]
+    else:
+        s = sizes[0]
+        sizes[0] += 1
+        slot_of[key] = s
+    counts[s] += c
+    e = sizes[1]
+    sizes[1] += 1
+    occ_pos[e] = i
+    occ_next[e] = heads[s]
+    heads[s] = e
+
+
+@njit(cache=True)
+def _count_pairs_nb(slot_of, counts, heads, occ_pos, occ_next, sizes, heap, tok, nxt, prv, weight, starts,
+                    lengths, word_counts, V):  # fmt: skip
     """Numba kernel for the first `get_stats` pass of `bpe.train_reference`, over deduplicated chunks.
 
-    pair_counts: typed Dict[int64, int64] (filled), heap: typed List[(int64, int64)] (filled),
-    tokens: (N,) int64 all chunks' ids back to back, starts: (W,) int64 offset of each chunk,
-    lengths: (W,) int64, word_counts: (W,) int64 occurrences of each chunk, V: int, ids are < V.
+    The index arguments, heap, tok, nxt, prv, weight: see `_TrainState` (filled here);
+    starts, lengths, word_counts: (W,) int64, offset, length and occurrences of each chunk.
     """
     for w in range(starts.shape[0]):
-        s = starts[w]
-        c = word_counts[w]
-        for i in range(s, s + lengths[w] - 1):
-            key = tokens[i] * V + tokens[i + 1]
-            pair_counts[key] = pair_counts.get(key, 0) + c
-    for key, count in pair_counts.items():
-        heap.append((-count, key))
+        s, n, c = starts[w], lengths[w], word_counts[w]
+        for i in range(s, s + n):
+            nxt[i] = i + 1 if i + 1 < s + n else -1
+            prv[i] = i - 1 if i > s else -1
+            weight[i] = c
+            if i + 1 < s + n:
+                _add_pair_nb(slot_of, counts, heads, occ_pos, occ_next, sizes, tok[i] * V + tok[i + 1], i, c)
+    for key, s in slot_of.items():
+        heap.append((-counts[s], key))
     heapq.heapify(heap)
 
 
 @njit(cache=True)
-def _pop_best_pair_nb(heap, pair_counts):
+def _pop_best_pair_nb(slot_of, counts, heap):
     """Numba kernel for `min(stats, key=lambda p: (-stats[p], p))` in `bpe.train_reference`.
 
     Returns (a * V + b, count) of the most frequent pair, or (-1, 0) when no pair is left.
     """
     while len(heap) > 0:
         neg_count, key = heapq.heappop(heap)
-        if pair_counts.get(key, 0) == -neg_count:  # otherwise a stale entry: its count has changed
+        if neg_count < 0 and counts[slot_of[key]] == -neg_count:  # else stale: its count has changed
             return key, -neg_count
     return -1, 0
 
 
 @njit(cache=True)
-def _merge_pair_nb(pair_counts, heap, tokens, starts, lengths, word_counts, a, b, new_id, V):
+def _merge_pair_nb(slot_of, counts, heads, occ_pos, occ_next, sizes, heap, tok, nxt, prv, weight, a, b, new_id,
+                   V):  # fmt: skip
     """Numba kernel for `bpe.merge` applied to every chunk in `bpe.train_reference`, updating pair counts.
 
-    Arguments as in `_count_pairs_nb`; merges (a, b) -> new_id in place: a chunk that shrinks keeps
-    its start, its length goes down and the tail of its slot becomes unused.
+    Arguments as in `_count_pairs_nb`; merges (a, b) -> new_id at the pair's indexed positions.
     """
+    s = slot_of[a * V + b]
+    n = 0
+    e = heads[s]
+    while e >= 0:
+        n += 1
+        e = occ_next[e]
+    where = np.empty(n, dtype=np.int64)
+    e = heads[s]
+    for k in range(n):
+        where[k] = occ_pos[e]
+        e = occ_next[e]
+    heads[s] = -1  # every occurrence is merged now: (a, b) never forms again
+    if a == b:
+        where.sort()  # overlapping occurrences: left to right, as bpe.merge (see the section comment)
     touched = Dict.empty(key_type=types.int64, value_type=types.int64)  # used as a set of keys
-    for w in range(starts.shape[0]):
-        s = starts[w]
-        end = s + lengths[w]
-        found = False
-        for i in range(s, end - 1):
-            if tokens[i] == a and tokens[i + 1] == b:
-                found = True
-                break
-        if not found:
-            continue
-        c = word_counts[w]
-        # Take the chunk's pairs out, merge, put the new pairs back. Cheaper to reason about than
-        # patching the neighbours of each occurrence, and right for overlaps such as (a, a) in "aaa".
-        for i in range(s, end - 1):
-            key = tokens[i] * V + tokens[i + 1]
-            pair_counts[key] -= c
+    for i in where:
+        j = nxt[i]
+        if tok[i] != a or j < 0 or tok[j] != b:
+            continue  # stale: position i died, or holds another pair by now
+        c = weight[i]
+        counts[s] -= c
+        p, k = prv[i], nxt[j]
+        # forward was: ... tok[p], a, b, tok[k] ...  ->  ... tok[p], new_id, tok[k] ...
+        if p >= 0:
+            key = tok[p] * V + a
+            counts[slot_of[key]] -= c
             touched[key] = 0
-        i = s
-        j = s
-        while i < end:
-            if i + 1 < end and tokens[i] == a and tokens[i + 1] == b:
-                tokens[j] = new_id
-                i += 2
-            else:
-                tokens[j] = tokens[i]
-                i += 1
-            j += 1
-        lengths[w] = j - s
-        for i in range(s, j - 1):
-            key = tokens[i] * V + tokens[i + 1]
-            pair_counts[key] = pair_counts.get(key, 0) + c
+        if k >= 0:
+            key = b * V + tok[k]
+            counts[slot_of[key]] -= c
+            touched[key] = 0
+            prv[k] = i
+        tok[i], tok[j], nxt[i] = new_id, -1, k
+        if p >= 0:
+            key = tok[p] * V + new_id
+            _add_pair_nb(slot_of, counts, heads, occ_pos, occ_next, sizes, key, p, c)
+            touched[key] = 0
+        if k >= 0:
+            key = new_id * V + tok[k]
+            _add_pair_nb(slot_of, counts, heads, occ_pos, occ_next, sizes, key, i, c)
             touched[key] = 0
     for key in touched:
-        count = pair_counts[key]
+        count = counts[slot_of[key]]
         if count > 0:
             heapq.heappush(heap, (-count, key))
-        else:
-            del pair_counts[key]
 
 
 def train_fast(chunks, vocab_size, verbose=False):
@@ -127,29 +201,23 @@ def train_fast(chunks, vocab_size, verbose=False):
     Returns merges: list[(a, b, new_id)], vocab: dict[int, bytes].
     """
     chunk_counts = Counter(chunks)
-    words = list(chunk_counts)
+    words = [w for w in chunk_counts if len(w) > 1]  # a chunk of one byte (or none) holds no pair
     word_counts = np.array([chunk_counts[w] for w in words], dtype=np.int64)
-    lengths = np.array([len(w) for w in words], dtype=np.int64)
-    starts = np.zeros(len(words), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    tokens = np.frombuffer(b"".join(words), dtype=np.uint8).astype(np.int64)  # (N,)
-
     V = vocab_size  # every id stays < vocab_size, so a * V + b is a unique key for (a, b)
-    pair_counts = Dict.empty(key_type=types.int64, value_type=types.int64)
-    heap = List.empty_list(_PAIR_HEAP_ITEM)
-    _count_pairs_nb(pair_counts, heap, tokens, starts, lengths, word_counts, V)
+    st = _TrainState(words, V)
+    _count_pairs_nb(*st.index(), st.heap, st.tok, st.nxt, st.prv, st.weight, st.starts, st.lengths, word_counts, V)
 
     vocab = {i: bytes([i]) for i in range(256)}
     id_of = {b: i for i, b in vocab.items()}
     merges = []
     while len(vocab) < vocab_size:
-        key, count = _pop_best_pair_nb(heap, pair_counts)
+        key, count = _pop_best_pair_nb(st.slot_of, st.counts, st.heap)
         if count == 0:
             break
         a, b = divmod(key, V)
         new_bytes = vocab[a] + vocab[b]
         idx = id_of.get(new_bytes, len(vocab))
-        _merge_pair_nb(pair_counts, heap, tokens, starts, lengths, word_counts, a, b, idx, V)
+        _merge_pair_nb(*st.index(), st.heap, st.tok, st.nxt, st.prv, st.weight, a, b, idx, V)
         merges.append((a, b, idx))
         vocab[idx] = id_of[new_bytes] = new_bytes
         if verbose:
@@ -181,8 +249,16 @@ class PairTable:
         self.byte_to_id = np.array([ranks[bytes([i])] for i in range(256)], dtype=np.int64)
         keys, values = [], []
         get = ranks.get
+        # Only a split point k where both sides have the length of some token can qualify. Trying
+        # every k cost O(L^2) for a token of L bytes (slicing at each k): 17 s for the one 200 KB
+        # token that training on 200 KB of "aaaa" makes. A vocabulary has few distinct lengths, so
+        # a long token tries only those; a short one (shorter than that list) tries every k.
+        lengths = sorted({len(t) for t in ranks})
+        is_length = set(lengths)
         for token, rank in ranks.items():
-            for k in range(1, len(token)):
+            n = len(token)
+            splits = range(1, n) if n <= len(lengths) else [k for k in lengths if k < n and n - k in is_length]
+            for k in splits:
                 left, right = get(token[:k]), get(token[k:])
                 if left is not None and right is not None:
                     keys.append(left * self.V + right)

@@ -12,6 +12,9 @@
 - Thread pool setup (`OMP_WAIT_POLICY`) and `num_threads`.
 - `cache_depends_on_this_file`: ties the on-disk cache of every kernel to this file's contents
   too, because the helpers here are inlined into kernels defined elsewhere (see the last section).
+- `cache_dir`: where that cache lives. Numba pickles what it caches, and loading a pickle runs
+  code, so in a package directory that another user owns (a shared install) it goes to a per-user
+  directory instead; set at import, before any kernel is defined (see "On-disk cache").
 
 Dimension legend: out = A @ b with A (M, K) and b (K, N); MR x NR register tile, KC k block.
 
@@ -21,6 +24,7 @@ wrappers do; nothing here is called with unchecked user input).
 import hashlib
 import math
 import os
+import stat
 import types as types_
 import warnings
 from pathlib import Path
@@ -32,6 +36,65 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.core.caching import FunctionCache
 from numba.extending import intrinsic, overload
+
+# ----------------------------------------------------------------------------- cache location
+# (first in this file: it has to run before any kernel is defined, see _use_cache_dir)
+
+
+def cache_dir(package_dir, env, uid):
+    """Where Numba's on-disk cache of the kernels in `package_dir` should go: a directory, or None
+    for Numba's default (the package's own __pycache__).
+
+    Numba's cache files are pickles (the .nbi index is one, the .nbc data is loaded through it),
+    and loading a pickle can run any code. So the cache may live beside the package only if
+    nobody else can write there: `package_dir` and its __pycache__ (if any) owned by `uid`,
+    writable by it, and not writable by group or others. Otherwise it goes to a per-user
+    directory, $XDG_CACHE_HOME/nanotransformer/numba (~/.cache/... if unset or not absolute),
+    created with mode 0o700. A NUMBA_CACHE_DIR the user set (non-empty) always wins.
+    package_dir: Path, env: a mapping such as os.environ, uid: int (os.getuid()).
+    """
+    if env.get("NUMBA_CACHE_DIR"):
+        return Path(env["NUMBA_CACHE_DIR"])
+    private = True
+    for d in (package_dir, package_dir / "__pycache__"):
+        try:
+            st = os.stat(d)
+        except FileNotFoundError:  # no __pycache__ yet: Numba will create it, as this user, in package_dir
+            continue
+        except OSError:
+            private = False
+            break
+        private &= st.st_uid == uid and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and os.access(d, os.W_OK)
+    if private:
+        return None
+    base = env.get("XDG_CACHE_HOME", "")
+    base = Path(base) if os.path.isabs(base) else Path(env.get("HOME") or os.path.expanduser("~")) / ".cache"
+    return base / "nanotransformer" / "numba"
+
+
+def _use_cache_dir():
+    """Point Numba's cache at cache_dir(...) for this package. Must run before the first
+    `cache=True` function is defined: Numba picks a function's cache directory then. Sets
+    NUMBA_CACHE_DIR too (only if the user had not), so that Numba's reload of its settings from
+    the environment (at every compilation) keeps it; other Numba code in this process, and child
+    processes, cache there as well."""
+    if not hasattr(os, "getuid"):  # Windows: no owners to compare, keep Numba's default
+        return
+    where = cache_dir(Path(__file__).resolve().parent, os.environ, os.getuid())
+    if where is None or os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    try:
+        where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:  # Numba then falls back to its own choices; say why the cache moved
+        warnings.warn(f"nanotransformer.kernels: cannot create the kernel cache directory {where} ({e}); "
+                      f"set NUMBA_CACHE_DIR to a private directory", stacklevel=2)
+        return
+    os.environ["NUMBA_CACHE_DIR"] = str(where)
+    numba.config.CACHE_DIR = str(where)
+
+
+_use_cache_dir()
+
 
 # One set of fastmath flags for every kernel. Allowed: reassociation (so reductions vectorise),
 # FMA contraction, approximate reciprocals/functions, no signed zeros. Never `nnan`/`ninf`: the

@@ -33,7 +33,7 @@ def main(argv=None):
 
     load_start = os.getloadavg()
     t0 = time.perf_counter()
-    code = cli(["sft", "skills", "--out", args.out, "--no-progress", *args.extra])
+    code = cli(["sft", "skills", "--out", args.out, "--overwrite", "--no-progress", *args.extra])
     seconds = time.perf_counter() - t0
     load_end = os.getloadavg()
     if code:

@@ -12,7 +12,7 @@ only ever passed back to the same backend's backward, which is why "auto" choose
 (linear_forward and linear_backward always come from the same backend).
 
 Ops: linear, attention (scaled dot-product core on (B, NH, T, hs) tensors), layernorm, rmsnorm,
-rope, gelu, cross_entropy, adamw_update. `ops.name` is the backend's name and `ops.choices` says, per op
+rope, gelu, cross_entropy, adamw_update, int8_linear (forward only: `quantize.py`). `ops.name` is the backend's name and `ops.choices` says, per op
 pair, which backend runs it.
 
 Memory: the first `get_ops` call also asks glibc's malloc (Linux) to keep freed memory instead of
@@ -22,7 +22,8 @@ and every regrown page was faulted in again: 35,000-70,000 page faults per step 
 config (T=256), 7-10 % of the step. Memory use stays at the step's peak, which it reaches anyway.
 Set NANOTRANSFORMER_KEEP_MEMORY=0 to leave malloc alone.
 
-LoRA: `lora_ops(ops)` is `ops` with a linear pair that also runs a `layers.LoRAWeight` (below).
+LoRA: `lora_ops(ops)` is `ops` with a linear pair that also runs a `layers.LoRAWeight` (below);
+int8: `quantized_ops(ops)` the same for a `quantize.Int8Weight`.
 
 Does not: time anything at import or at run time. "auto" is a fixed table, decided from the
 project's own benchmark (`benchmarks/bench_kernels.py`) and recorded below with its figures.
@@ -31,7 +32,7 @@ import os
 import sys
 from types import SimpleNamespace
 
-from . import attention, layers, optim
+from . import attention, layers, optim, quantize
 
 BACKENDS = ("numpy", "numba")
 ENV_VAR = "NANOTRANSFORMER_BACKEND"
@@ -45,6 +46,7 @@ OP_NAMES = (
     "gelu_forward", "gelu_backward",
     "cross_entropy_forward", "cross_entropy_backward",
     "adamw_update",
+    "int8_linear_forward",
 )  # fmt: skip
 
 # Op pairs: the ops that must come from one backend because they share a cache.
@@ -57,6 +59,7 @@ OP_PAIRS = {
     "gelu": ("gelu_forward", "gelu_backward"),
     "cross_entropy": ("cross_entropy_forward", "cross_entropy_backward"),
     "adamw_update": ("adamw_update",),
+    "int8_linear": ("int8_linear_forward",),
 }
 
 # The "auto" default, per op pair: the faster backend in `python benchmarks/bench_kernels.py`
@@ -74,6 +77,9 @@ OP_PAIRS = {
 #   gelu           numba   27.3, 18.4, 6.31
 #   cross_entropy  numba   1.16, 1.78, 3.10
 #   adamw_update   numba   44.3, 11.3, 11.5
+#   int8_linear    numba   8.1 (1 thread), 27.9 (2 threads): one decoded token's 49 products of GPT-2
+#                          124M, `benchmarks/bench_decode.py` (README "Decoding"); the twin casts q
+#                          to a float copy per call
 AUTO = {
     "linear": "numpy",
     "attention": "numba",
@@ -83,13 +89,14 @@ AUTO = {
     "gelu": "numba",
     "cross_entropy": "numba",
     "adamw_update": "numba",
+    "int8_linear": "numba",
 }
 
 # Where each op's NumPy reference lives; its Numba kernel has the same name in `kernels`.
 REFERENCE_MODULES = {
     **{op: layers for op in OP_NAMES},
     "attention_forward": attention, "attention_backward": attention, "adamw_update": optim,
-    "rope_forward": attention, "rope_backward": attention,
+    "rope_forward": attention, "rope_backward": attention, "int8_linear_forward": quantize,
 }  # fmt: skip
 
 
@@ -121,9 +128,12 @@ def _auto_ops():
 
 def resolve_backend(name=None):
     """`name`, else $NANOTRANSFORMER_BACKEND, else "auto" -> one of BACKENDS or "auto"."""
-    name = name or os.environ.get(ENV_VAR) or "auto"
+    if name is None and os.environ.get(ENV_VAR):
+        where, name = f"${ENV_VAR} (the environment variable)", os.environ[ENV_VAR]
+    else:
+        where, name = "backend", name or "auto"
     if name not in BACKENDS + ("auto",):
-        raise ValueError(f"backend: expected one of {BACKENDS + ('auto',)}, got {name!r}")
+        raise ValueError(f"{where}: expected one of {BACKENDS + ('auto',)}, got {name!r}")
     return name
 
 
@@ -207,3 +217,32 @@ def lora_ops(ops):
         ns = dict(vars(ops), linear_forward=linear_forward, linear_backward=linear_backward)
         _LORA[key] = (ops, SimpleNamespace(**ns))  # ops kept alive, so its id stays its own
     return _LORA[key][1]
+
+
+# ----------------------------------------------------------------------------- int8 weights
+
+_QUANT = {}
+
+
+def quantized_ops(ops):
+    """`ops` with a linear_forward that also runs a `quantize.Int8Weight` (through
+    ops.int8_linear_forward): the one dispatch point of int8 weights, as `lora_ops` is LoRA's, so the
+    block, attention and MLP run a quantized model untouched. Forward only: linear_backward of an
+    int8 linear raises (a quantized model is for inference)."""
+    key = id(ops)
+    if key not in _QUANT:
+        from .quantize import Int8Weight
+
+        def linear_forward(x, w, b=None):
+            if isinstance(w, Int8Weight):
+                return ops.int8_linear_forward(x, w.q, w.scale, b)
+            return ops.linear_forward(x, w, b)
+
+        def linear_backward(dout, cache):
+            if cache is None:  # int8_linear_forward's cache
+                raise ValueError("linear_backward: an int8 linear layer is inference only (no backward)")
+            return ops.linear_backward(dout, cache)
+
+        ns = dict(vars(ops), linear_forward=linear_forward, linear_backward=linear_backward)
+        _QUANT[key] = (ops, SimpleNamespace(**ns))  # ops kept alive, so its id stays its own
+    return _QUANT[key][1]

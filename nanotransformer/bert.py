@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .resources import check_model_memory
 from .backend import get_ops
 from .block import (
     BlockConfig,
@@ -100,6 +101,7 @@ class BERT(ParamStore):
     def __init__(self, config, dtype=np.float32, seed=0):
         if not isinstance(config, BERTConfig):
             raise ValueError(f"config: expected a BERTConfig, got {type(config).__name__}")
+        check_model_memory(type(self), config, dtype)  # before anything is allocated (resources.py)
         self.config = config
         self.ops = get_ops(config.backend)
         self.block = self.block_config(config)

@@ -38,6 +38,7 @@ Does not: keep several checkpoints (only the latest), or save the data set itsel
 source name, so `--resume` can find it again).
 """
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -146,18 +147,82 @@ def _tokenizer_from_json(obj, where):
         raise ValueError(f"{where}: the embedded tokenizer cannot be loaded ({e})") from None
 
 
+# ----------------------------------------------------------------------------- the directory lock
+
+LOCK = ".lock"
+_HELD = {}  # resolved directory -> [open lock file, depth]: this process's locks (re-entrant)
+
+
+@contextlib.contextmanager
+def locked(path):
+    """Hold the write lock of checkpoint directory `path` (created if missing) for the block.
+
+    One writer per directory: a run in another process fails at once with a ValueError naming
+    the directory and the holder's pid, instead of interleaving saves (two runs on one --out once
+    left a sidecar pointing at a file the other had deleted). The lock is an advisory `flock` on
+    `path/.lock`, so it dies with its process: no stale lock after a kill. Re-entrant within a
+    process (a command locks, then `Trainer.fit` and each save lock again). Where flock does not
+    exist (Windows) nothing is locked."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path}: expected a checkpoint directory, got an existing file")
+    path.mkdir(parents=True, exist_ok=True)
+    key = str(path.resolve())
+    if key in _HELD:
+        _HELD[key][1] += 1
+    else:
+        try:
+            import fcntl
+        except ImportError:  # no flock here
+            fcntl = None
+        f = open(path / LOCK, "a+", encoding="utf-8")
+        if fcntl is not None:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                f.close()
+                raise ValueError(f"{path}: another run is writing to this directory (pid {holder}); wait for it to "
+                                 "finish or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        _HELD[key] = [f, 1]
+    try:
+        yield path
+    finally:
+        _HELD[key][1] -= 1
+        if _HELD[key][1] == 0:
+            _HELD.pop(key)[0].close()  # closing the file releases the flock
+
+
 # ----------------------------------------------------------------------------- save
 
 
+def _remove_orphans(path, keep=()):
+    """Temporary files of saves that were killed before they finished (never a committed file)."""
+    for p in (list(path.glob(".model-*.safetensors.tmp")) + list(path.glob(f".{SIDECAR}.*.tmp"))
+              + list(path.glob(".loss.png.tmp"))):
+        if p.name not in keep:
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
 def save_checkpoint(path, model, *, tokenizer=None, step=0, optimizer=None, rng=None, meta=None):
-    """Write model (+ optimiser moments, tokenizer, RNG state, meta) to directory `path`, atomically.
+    """Write model (+ optimiser moments, tokenizer, RNG state, meta) to directory `path`, atomically,
+    holding the directory's lock (`locked`: re-entrant, so a locked run's saves just pass).
 
     optimizer: an `optim.AdamW` over the model (moments `m[0]`, `v[0]` laid out like the buffer),
     or None. rng: the np.random.Generator whose state must be restored to resume exactly.
     meta: any JSON-able dict (train config, history, data source). Returns the sidecar's path.
     """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    with locked(path):
+        return _save(Path(path), model, tokenizer, step, optimizer, rng, meta)
+
+
+def _save(path, model, tokenizer, step, optimizer, rng, meta):
     from safetensors.numpy import save_file
 
     tag = secrets.token_hex(3)
@@ -187,6 +252,7 @@ def save_checkpoint(path, model, *, tokenizer=None, step=0, optimizer=None, rng=
 
     tmp_w = path / f".{weights_name}.tmp"
     tmp_j = path / f".{SIDECAR}.{tag}.tmp"
+    _remove_orphans(path)
     try:
         from .data import file_sha256
 
@@ -202,14 +268,23 @@ def save_checkpoint(path, model, *, tokenizer=None, step=0, optimizer=None, rng=
             os.fsync(f.fileno())
         os.replace(tmp_j, path / SIDECAR)  # the commit point
         _fsync_dir(path)
-    except BaseException:
+    except BaseException as e:
         for p in (tmp_w, tmp_j):
-            if p.exists():
+            with contextlib.suppress(OSError):
                 p.unlink()
         # the new weights file is garbage unless the sidecar now points to it
         if (path / weights_name).exists() and _current_weights(path) != weights_name:
-            (path / weights_name).unlink()
-        raise
+            with contextlib.suppress(OSError):
+                (path / weights_name).unlink()
+        if not isinstance(e, OSError) and type(e).__name__ != "SafetensorError":
+            raise
+        # disk full, read-only, ... (safetensors raises its own SafetensorError): one error naming
+        # the directory; the checkpoint already there is untouched, since the JSON was not replaced
+        kept = "the checkpoint already there is kept" if _current_weights(path) else "nothing was saved"
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        err = OSError(f"{path}: could not save the checkpoint ({reason}); {kept}")
+        err.errno = getattr(e, "errno", None)
+        raise err from None
     for old in path.glob("model-*.safetensors"):  # weights no sidecar refers to any more
         if old.name != weights_name:
             old.unlink()

@@ -27,12 +27,14 @@ a diverging run...) prints one `error: ...` line and exits with status 1; no tra
 Dimension legend (the flags): B --batch-size, T --block-size (the encoder-decoder's max_len),
 L --n-layer (seq2seq: encoder and decoder each), NH --n-head, C --d-model, V the vocabulary size.
 
-Does not: run several experiments, read a config file (every setting is a flag), or
-distribute training.
+`mpirun -n N nanotransformer train ...` trains data-parallel (`distributed.py`, chapter 20):
+--batch-size stays the global batch, rank 0 alone prints and writes.
+
+Does not: run several experiments, or read a config file (every setting is a flag).
 """
 import contextlib
 import dataclasses
-import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -41,7 +43,8 @@ import numpy as np
 
 from . import cli_chat
 from . import cli_tasks as per_kind
-from .cli_flags import build_parser
+from .metrics import perplexity
+from .cli_flags import UsageError, build_parser
 
 MODEL_DEFAULTS = per_kind.MODEL_DEFAULTS["gpt"]  # a bare `nanotransformer train`
 TRAIN_DEFAULTS = per_kind.TRAIN_DEFAULTS["gpt"]
@@ -65,27 +68,35 @@ def training_flags_named():
         raise
 
 
+SIZE_FLAGS = {"config": ("n_layer", "d_model", "n_head", "d_ff", "vocab_size", "block_size"),
+              "batch_size": ("batch_size", "block_size", "n_layer", "d_model", "n_head", "vocab_size")}
+
+
+@contextlib.contextmanager
+def sizes_named(args):
+    """A `resources.ResourceError` (a size the machine cannot hold) re-raised naming the size
+    flags that were given, or an out-of-memory error as one line."""
+    from .resources import ResourceError
+
+    try:
+        yield
+    except ResourceError as e:
+        given = [f"--{d.replace('_', '-')} {getattr(args, d)}" for d in SIZE_FLAGS[e.field]
+                 if getattr(args, d, None) is not None]
+        raise ValueError(f"{', '.join(given) if given else e.field}: {str(e).partition(': ')[2]}") from None
+    except MemoryError as e:  # what no estimate foresaw (e.g. generating a billion samples at once)
+        raise ValueError(f"out of memory ({e}); choose smaller sizes") from None
+
+
 def train_overrides(args):
-    keys = list(TRAIN_DEFAULTS) + ["min_lr"]
+    keys = list(TRAIN_DEFAULTS) + ["min_lr", "grad_accum", "shard_optimizer"]
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-
-
-def check_training_flags(args):
-    """Every training flag given, checked on its own by TrainConfig's rules before any work (the
-    config itself checks them again, with min_lr against lr, once the run's values are known)."""
-    from .train import FIELD_RULES, check_train_value
-
-    with training_flags_named():
-        for name in FIELD_RULES:
-            if getattr(args, name, None) is not None:
-                check_train_value(name, getattr(args, name))
 
 
 def cmd_train(args, out=print):
     from .checkpoint import has_checkpoint, load_checkpoint, read_sidecar
     from .train import TrainConfig, Trainer
 
-    check_training_flags(args)
     out_dir = Path(args.out)
     if args.resume:
         sc = read_sidecar(out_dir)  # validates before any work
@@ -114,9 +125,8 @@ def cmd_train(args, out=print):
         with training_flags_named():
             tcfg = TrainConfig(**{**per_kind.TRAIN_DEFAULTS[kind], **train_overrides(args)})
         model, run = per_kind.new_run(kind, args, tcfg.seed)
-        if has_checkpoint(out_dir):
-            out(f"note: {out_dir} already holds a checkpoint; this run replaces it at its first evaluation "
-                f"(use --resume to continue it instead)")
+        if has_checkpoint(out_dir):  # given --overwrite (cli.out_dir_claimed)
+            out(f"note: {out_dir} holds a checkpoint; this run replaces it at its first evaluation (--overwrite)")
         trainer = Trainer(model, run.task, tcfg, tokenizer=run.tokenizer, out_dir=out_dir,
                           progress=not args.no_progress, data_meta=run.meta)
         for line in per_kind.describe(run, model, tcfg):
@@ -125,10 +135,15 @@ def cmd_train(args, out=print):
 
 
 def fit_and_report(trainer, run, args, out_dir, out, sample_tokens):
+    """Train (every rank), then report (rank 0) -> whether this rank reported (is rank 0)."""
+    for line in trainer.parallel_summary():
+        out(line)
     trainer.fit(log=out if args.no_progress else None, stop_after=args.stop_after)
+    if not trainer.world.is_root:  # the report (samples, BLEU, ...) is rank 0's alone; training was collective
+        return False
     ev = trainer.history["eval"][-1] if trainer.history["eval"] else None
     if ev is not None:
-        ppl = f", val perplexity {math.exp(ev['val']):.2f}" if getattr(trainer.task, "perplexity", False) else ""
+        ppl = f", val perplexity {perplexity(ev['val']):.2f}" if getattr(trainer.task, "perplexity", False) else ""
         out(f"final: step {trainer.step}, val loss {ev['val']:.4f}{ppl}")
     out(f"checkpoint: {out_dir}/  loss curve: {out_dir / 'loss.png'}")
     if trainer.step < trainer.config.max_steps:
@@ -136,6 +151,7 @@ def fit_and_report(trainer, run, args, out_dir, out, sample_tokens):
         out(f"stopped at step {trainer.step} of {trainer.config.max_steps} (--stop-after); continue with "
             f"`nanotransformer {again} --out {out_dir}`")
     per_kind.report(run, trainer.model, trainer.tokenizer, sample_tokens, out)
+    return True
 
 
 def cmd_finetune(args, out=print):
@@ -143,11 +159,7 @@ def cmd_finetune(args, out=print):
     from .finetuning import GPTClassifier
     from .train import TrainConfig, Trainer
 
-    check_training_flags(args)
-    src, out_dir = Path(args.checkpoint), Path(args.out)
-    if out_dir.resolve() == src.resolve():
-        raise ValueError(f"--out: refusing to write the classifier over the input checkpoint {src} (choose "
-                         f"another directory)")
+    src, out_dir = Path(args.checkpoint), Path(args.out)  # out_dir is not src (cli.out_dir_claimed)
     kind = read_sidecar(src).get("kind", "gpt")
     if kind != "gpt":
         raise ValueError(f"{src}: expected a GPT checkpoint to fine-tune, got a {kind!r} checkpoint")
@@ -168,8 +180,8 @@ def cmd_finetune(args, out=print):
     if args.lora_rank is not None and args.stop_after is not None:
         raise ValueError("--stop-after: not with --lora-rank (a LoRA classifier run is not resumed by `train --resume`)")
     model = cli_chat.maybe_lora(args, clf, ckpt.tokenizer, src, True, out_dir, out, why="the classifier's head is new")
-    if has_checkpoint(out_dir):
-        out(f"note: {out_dir} already holds a checkpoint; this run replaces it at its first evaluation")
+    if has_checkpoint(out_dir):  # given --overwrite (cli.out_dir_claimed)
+        out(f"note: {out_dir} holds a checkpoint; this run replaces it at its first evaluation (--overwrite)")
     trainer = Trainer(model, run.task, tcfg, tokenizer=ckpt.tokenizer, out_dir=out_dir, progress=not args.no_progress,
                       data_meta=meta)
     out(f"data: {run.name}, {len(run.labels):,} sentences ({np.mean(run.labels):.0%} positive), {len(run.train):,} "
@@ -189,7 +201,7 @@ def _num_trained(model):
 
 GENERATE_FLAGS = {  # the generate flags each kind uses (besides --checkpoint, --backend)
     "gpt": ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "num_samples", "num_beams",
-            "length_penalty", "stop", "seed"),
+            "length_penalty", "stop", "seed", "quantize"),
     "seq2seq": ("prompt", "max_new_tokens", "num_beams", "length_penalty"),
     "bert": ("prompt", "top_k"),
     "classifier": ("prompt",),
@@ -225,7 +237,12 @@ def _generate_gpt(ckpt, args, prompt, out):
         raise ValueError(f"--prompt: cannot be encoded with the checkpoint's tokenizer ({e})") from None
     if not prompt_ids:
         raise ValueError("--prompt: expected at least one token, got an empty prompt")
-    texts = generate(ckpt.model, ckpt.tokenizer, prompt, 300 if args.max_new_tokens is None else args.max_new_tokens,
+    model = ckpt.model
+    if getattr(args, "quantize", None):
+        from .quantize import quantize_model
+
+        model = quantize_model(model, args.quantize)
+    texts = generate(model, ckpt.tokenizer, prompt, 300 if args.max_new_tokens is None else args.max_new_tokens,
                      temperature=0.8 if args.temperature is None else args.temperature, top_k=args.top_k,
                      top_p=args.top_p, num_return_sequences=args.num_samples or 1, seed=args.seed, stop=args.stop,
                      num_beams=args.num_beams or 1,
@@ -296,31 +313,109 @@ def cmd_eval(args, out=print):
     per_kind.evaluate(load_checkpoint(args.checkpoint, backend=args.backend), args, out)
 
 
+# ----------------------------------------------------------------------------- the output directory
+
+WRITERS = ("train", "finetune", "sft", "dpo")  # the commands that write a checkpoint to --out
+
+
+@contextlib.contextmanager
+def out_dir_claimed(args):
+    """Before any work, for a command that writes to --out: it must be a directory (or not exist
+    yet) that can be written; it is created and locked for the whole command (`checkpoint.locked`:
+    a second run on it fails at once), and then, under the lock, a new run must not replace a
+    checkpoint unless told --overwrite. A directory the command created is removed again if the
+    command fails before writing anything into it."""
+    from .checkpoint import LOCK, has_checkpoint, locked
+
+    if args.command not in WRITERS:
+        yield
+        return
+    out = Path(args.out)
+    src = getattr(args, "checkpoint", None) or getattr(args, "from_", None)  # finetune's, sft's and dpo's input
+    if src is not None and out.resolve() == Path(src).resolve():
+        raise ValueError(f"--out: refusing to write over the input checkpoint {src} (choose another directory)")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {out} is an existing file; expected a directory (new, or holding a checkpoint)")
+    resume = getattr(args, "resume", False)
+    if resume and getattr(args, "overwrite", False):
+        raise ValueError("--overwrite: not with --resume (which continues the checkpoint in --out)")
+    if resume and not out.is_dir():
+        yield  # the command says there is no such checkpoint directory; nothing to lock or create
+        return
+    made = [p for p in [out, *out.resolve().parents] if not p.exists()]  # what mkdir will create
+    probe = out if out.exists() else next(p for p in out.resolve().parents if p.exists())
+    if not probe.is_dir():
+        raise ValueError(f"--out: {out} is inside {probe}, which is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--out: cannot write to {probe} (permission denied)")
+    try:
+        with locked(out):
+            if not resume and has_checkpoint(out) and not args.overwrite:
+                raise ValueError(f"--out: {out} already holds a checkpoint; use --resume to continue it, --overwrite "
+                                 "to replace it (at the new run's first evaluation), or another --out")
+            yield
+    except OSError as e:
+        if e.filename is None or not str(Path(e.filename).resolve()).startswith(str(out.resolve())):
+            raise
+        raise OSError(f"--out: cannot create or write {out} ({e.strerror})") from None
+    finally:
+        for p in made:  # a failed command's new, empty directories (only the lock file in --out itself)
+            with contextlib.suppress(OSError):
+                if p == out:
+                    if [q.name for q in out.iterdir()] == [LOCK]:
+                        (out / LOCK).unlink()
+                        out.rmdir()
+                else:
+                    p.rmdir()  # only if empty
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {message}", file=sys.stderr)
+    from . import distributed
+
+    if distributed.world().is_root:  # once per job, not once per rank
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def main(argv=None):
     """Console entry point. Returns the exit status (0 ok, 1 error, 2 usage, 130 interrupted)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+        text = str(e)
+        if words and words[0] in WRITERS + ("generate", "eval", "chat"):  # argparse's top level reports it
+            text = text.replace("`nanotransformer --help`", f"`nanotransformer {words[0]} --help`")
+        print(f"error: {text}", file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 2
+    from . import distributed
     from .train import TrainingDiverged
 
     cmd = {"train": cmd_train, "finetune": cmd_finetune, "generate": cmd_generate, "eval": cmd_eval,
            "sft": cli_chat.cmd_sft, "chat": cli_chat.cmd_chat, "dpo": cli_chat.cmd_dpo}[args.command]
     old = warnings.showwarning
     warnings.showwarning = _show_warning
-    try:
-        cmd(args)
+    try:  # under `mpirun -n N` (distributed.py) rank 0 alone prints
+        w = distributed.world()
+        if w.size == 1:
+            with out_dir_claimed(args), sizes_named(args):
+                cmd(args)
+        else:  # rank 0 alone checks --out, locks and writes; its refusal is every rank's error
+            with distributed.on_root(w, "the checks of --out", lambda: out_dir_claimed(args)), sizes_named(args):
+                cmd(args, out=print if w.is_root else lambda *a, **k: None)
+            if not w.talked:  # no training: a rank that failed may be waiting to tell (distributed.finish_error)
+                w.exchange("the end of the command", None)
     except (ValueError, OSError, TrainingDiverged) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        line = distributed.error_line(e)
+        if line:
+            print(line, file=sys.stderr)
+        return distributed.finish_error(e)  # 1; a rank's own error after the ranks talked ends the job
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -17,12 +17,14 @@ Dimension legend: B batch, T block size, N examples.
 
 Does not: hold model or training code (chat.py, tasks.py, skills.py, train.py, dpo.py do).
 """
-import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+
+from .data import check_data_unchanged, data_hashed
+from .quantize import QUANTIZE_KINDS, quantize_model
 
 SFT_MODEL = dict(block_size=128, n_layer=4, n_head=4, d_model=128, dropout=0.0)  # a fresh `sft skills` model
 SFT_TRAIN = dict(batch_size=32, max_steps=2000, lr=3e-3, warmup=100, weight_decay=0.1, grad_clip=1.0,
@@ -32,8 +34,9 @@ SKILLS_DATA = dict(n_train=100_000, n_val=1_000, seed=0)
 EVAL_PER_SKILL = 200  # `eval ... skills`: test questions per skill
 
 
-def add_parsers(sub, formatter, training_flags, positive_int, nonneg_int, backends):
-    """The sft, chat and dpo subcommands."""
+def add_parsers(sub, formatter, training_flags, backends):
+    """The sft, chat and dpo subcommands (their numeric flags take cli_flags' checked types)."""
+    from .cli_flags import fraction, nonneg, positive, positive_int, top_p, nonneg_int
     s = sub.add_parser(
         "sft", help="instruction-tune a GPT on conversations (skills, Alpaca JSON, chat JSONL)",
         description="Train a GPT to answer: next-token loss on the assistant's tokens only, conversations in the "
@@ -50,7 +53,7 @@ def add_parsers(sub, formatter, training_flags, positive_int, nonneg_int, backen
     g = s.add_argument_group("data")
     g.add_argument("--n-train", type=positive_int, default=None, metavar="N",
                    help=f"skills: training conversations generated (default: {SKILLS_DATA['n_train']:,})")
-    g.add_argument("--val-fraction", type=float, default=None, metavar="X",
+    g.add_argument("--val-fraction", type=fraction, default=None, metavar="X",
                    help="a file: conversations held out for validation (default: 0.05)")
     g = s.add_argument_group("model (a fresh one, without --from)")
     for flag, key in (("--block-size", "block_size"), ("--n-layer", "n_layer"), ("--n-head", "n_head"),
@@ -72,11 +75,13 @@ def add_parsers(sub, formatter, training_flags, positive_int, nonneg_int, backen
     c.add_argument("--checkpoint", required=True, metavar="DIR", help="an sft or dpo checkpoint directory")
     c.add_argument("--system", default=None, metavar="TEXT", help="a system message at the start of the conversation")
     c.add_argument("--max-new-tokens", type=positive_int, default=64, metavar="N", help="longest answer")
-    c.add_argument("--temperature", type=float, default=0.0, metavar="X", help="0 = greedy")
+    c.add_argument("--temperature", type=nonneg, default=0.0, metavar="X", help="0 = greedy")
     c.add_argument("--top-k", type=positive_int, default=None, metavar="K", help="sample from the k most likely tokens")
-    c.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling")
-    c.add_argument("--seed", type=int, default=0, metavar="N", help="sampling seed")
+    c.add_argument("--top-p", type=top_p, default=None, metavar="P", help="nucleus sampling")
+    c.add_argument("--seed", type=nonneg_int, default=0, metavar="N", help="sampling seed")
     c.add_argument("--backend", choices=backends, default=None, help="hot-op implementation")
+    c.add_argument("--quantize", choices=QUANTIZE_KINDS, default=None,
+                   help="decode with int8 weights (per-output-channel scales; see chapter 10)")
 
     d = sub.add_parser(
         "dpo", help="preference-tune an sft checkpoint (direct preference optimisation)",
@@ -89,8 +94,8 @@ def add_parsers(sub, formatter, training_flags, positive_int, nonneg_int, backen
                                                 '{"prompt": text or messages, "chosen": text, "rejected": text}')
     d.add_argument("--from", dest="from_", required=True, metavar="CHECKPOINT", help="the sft checkpoint")
     d.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory")
-    d.add_argument("--beta", type=float, default=0.1, metavar="X", help="DPO's beta (strength of the KL anchor)")
-    d.add_argument("--sft-weight", type=float, default=1.0, metavar="X",
+    d.add_argument("--beta", type=positive, default=0.1, metavar="X", help="DPO's beta (strength of the KL anchor)")
+    d.add_argument("--sft-weight", type=nonneg, default=1.0, metavar="X",
                    help="weight of the chosen answers' cross-entropy added to the loss (RPO; 0 = plain DPO)")
     d.add_argument("--rejected", choices=("model", "rule"), default=None,
                    help="skills: the rejected answer is the model's own wrong greedy answer where it errs, else a "
@@ -108,9 +113,11 @@ DPO_TRAIN = dict(batch_size=16, max_steps=300, lr=3e-5, warmup=20, weight_decay=
 
 
 def lora_flags(p):
+    from .cli_flags import positive, positive_int
+
     g = p.add_argument_group("LoRA (with --from: train low-rank adapters only; the base stays frozen)")
-    g.add_argument("--lora-rank", type=int, default=None, metavar="R", help="adapter rank r (default: no LoRA)")
-    g.add_argument("--lora-alpha", type=float, default=None, metavar="A", help="the adapters' scale is alpha / r (default: alpha = r, scale 1)")
+    g.add_argument("--lora-rank", type=positive_int, default=None, metavar="R", help="adapter rank r (default: no LoRA)")
+    g.add_argument("--lora-alpha", type=positive, default=None, metavar="A", help="the adapters' scale is alpha / r (default: alpha = r, scale 1)")
     g.add_argument("--lora-targets", default=None, metavar="LIST",
                    help="comma-separated: attn (c_attn, c_proj), mlp (c_fc, c_proj) (default: attn,mlp)")
 
@@ -130,9 +137,7 @@ def sft_meta(args):
     if not path.is_file():
         raise ValueError(f"{args.data}: no such file (expected 'skills', an Alpaca JSON file or a chat JSONL file)")
     frac = 0.05 if args.val_fraction is None else args.val_fraction
-    if not 0.0 < frac < 1.0:
-        raise ValueError(f"--val-fraction: expected a fraction in (0, 1), got {frac}")
-    return {"kind": "sft", "source": str(path.resolve()), "val_fraction": frac, "seed": 0}
+    return data_hashed({"kind": "sft", "source": str(path.resolve()), "val_fraction": frac, "seed": 0})
 
 
 def sft_conversations(meta):
@@ -172,10 +177,9 @@ def sft_task(meta, tokenizer, block_size, convs=None):
 def cmd_sft(args, out=print):
     from .chat import add_chat_tokens
     from .checkpoint import has_checkpoint, load_checkpoint, read_sidecar
-    from .cli import check_training_flags, fit_and_report, train_overrides, training_flags_named
+    from .cli import fit_and_report, train_overrides, training_flags_named
     from .train import TrainConfig, Trainer
 
-    check_training_flags(args)
     out_dir = Path(args.out)
     if args.resume:
         sc = read_sidecar(out_dir)
@@ -192,6 +196,7 @@ def cmd_sft(args, out=print):
         if (args.data == "skills") != (meta["source"] == "skills") or (args.data != "skills" and
                                                                         str(Path(args.data).resolve()) != meta["source"]):
             raise ValueError(f"DATA: the run in {out_dir} trained on {ran_on}, got {given}; resume it on the same data")
+        check_data_unchanged(meta, out_dir)
         ckpt = load_checkpoint(out_dir, backend=args.backend)
         task, _ = sft_task(meta, ckpt.tokenizer, _gpt(ckpt.model).config.block_size)
         with training_flags_named():
@@ -232,9 +237,8 @@ def cmd_sft(args, out=print):
                 what += f", vocabulary {ckpt.model.config.vocab_size} -> {model.config.vocab_size}"
             task, _ = sft_task(meta, tok, model.config.block_size, convs)  # the data fits, before anything is written
             model = maybe_lora(args, model, tok, src, model is not ckpt.model, out_dir, out)
-        if has_checkpoint(out_dir):
-            out(f"note: {out_dir} already holds a checkpoint; this run replaces it at its first evaluation "
-                f"(use --resume to continue it instead)")
+        if has_checkpoint(out_dir):  # given --overwrite (cli.out_dir_claimed)
+            out(f"note: {out_dir} holds a checkpoint; this run replaces it at its first evaluation (--overwrite)")
         trainer = Trainer(model, task, tcfg, tokenizer=tok, out_dir=out_dir, progress=not args.no_progress,
                           data_meta=meta)
         n = {k: len(v) for k, v in task.pairs.items()}
@@ -243,8 +247,7 @@ def cmd_sft(args, out=print):
             + (f" ({dropped} longer than the block size left out)" if dropped else ""))
         out(f"model: {what}; {trained_params(model):,} parameters trained; {tcfg.max_steps} steps of {tcfg.batch_size} "
             f"rows x {_gpt(model).config.block_size} tokens")
-    fit_and_report(trainer, SimpleNamespace(kind="sft"), args, out_dir, out, 0)
-    if meta["source"] == "skills":
+    if fit_and_report(trainer, SimpleNamespace(kind="sft"), args, out_dir, out, 0) and meta["source"] == "skills":
         skills_report(trainer.model, trainer.tokenizer, out, per_skill=50)
 
 
@@ -291,12 +294,9 @@ def maybe_lora(args, model, tok, src, new_base, out_dir, out, why=None):
     import hashlib
 
     from .checkpoint import has_checkpoint, save_checkpoint
+    from .distributed import world
     from .lora import LoRA
 
-    if args.lora_rank < 1:
-        raise ValueError(f"--lora-rank: expected a positive integer, got {args.lora_rank}")
-    if args.lora_alpha is not None and not (args.lora_alpha > 0 and math.isfinite(args.lora_alpha)):
-        raise ValueError(f"--lora-alpha: expected a positive number, got {args.lora_alpha}")
     targets = tuple((args.lora_targets or "attn,mlp").split(","))
     try:
         lora = LoRA(model, rank=args.lora_rank, alpha=args.lora_alpha, targets=targets)
@@ -307,8 +307,10 @@ def maybe_lora(args, model, tok, src, new_base, out_dir, out, why=None):
         why = why or "the chat tokens grew the vocabulary"
         digest = hashlib.sha256(model.params.tobytes() + repr(sorted(model.config_dict().items())).encode())
         base_dir = out_dir / f"base-{digest.hexdigest()[:12]}"
-        if not has_checkpoint(base_dir):
+        w = world()
+        if w.is_root and not has_checkpoint(base_dir):  # rank 0 alone writes (an `mpirun` job) ...
             save_checkpoint(base_dir, model, tokenizer=tok, meta={"note": f"{src}: {why}"})
+        w.exchange("the LoRA base", None)  # ... and the others wait until it has
         out(f"note: {why}; the frozen base is saved in {base_dir}")
     return lora.attach_base_checkpoint(base_dir)
 
@@ -361,12 +363,10 @@ def cmd_chat(args, out=print, stdin=None):
     from .checkpoint import load_checkpoint
 
     stdin = stdin or sys.stdin
-    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
-        raise ValueError(f"--temperature: expected a number >= 0, got {args.temperature}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ValueError(f"--top-p: expected a probability in (0, 1], got {args.top_p}")
     ckpt = load_checkpoint(args.checkpoint, backend=args.backend)
     model = chat_model(ckpt, args.checkpoint)
+    if args.quantize:
+        model = quantize_model(model, args.quantize)
     session = ChatSession(model, ckpt.tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     tty = stdin.isatty()
@@ -426,18 +426,12 @@ def dpo_splits(args):
 
 def cmd_dpo(args, out=print):
     from .checkpoint import has_checkpoint, load_checkpoint, read_sidecar
-    from .cli import check_training_flags, fit_and_report, train_overrides, training_flags_named
+    from .cli import fit_and_report, train_overrides, training_flags_named
+    from .distributed import world
     from .dpo import DPO, PreferenceTask, preference_accuracy
     from .train import TrainConfig, Trainer
 
-    check_training_flags(args)
-    if not (args.beta > 0 and math.isfinite(args.beta)):
-        raise ValueError(f"--beta: expected a positive number, got {args.beta}")
     src, out_dir = Path(args.from_), Path(args.out)
-    if out_dir.resolve() == src.resolve():
-        raise ValueError(f"--out: refusing to write over the starting checkpoint {src} (choose another directory)")
-    if not (args.sft_weight >= 0 and math.isfinite(args.sft_weight)):
-        raise ValueError(f"--sft-weight: expected a number >= 0, got {args.sft_weight}")
     if args.data != "skills" and args.rejected is not None:
         raise ValueError("--rejected: only for DATA 'skills' (a file gives its rejected answers)")
     if args.stop_after is not None:
@@ -456,28 +450,32 @@ def cmd_dpo(args, out=print):
             splits[split], n = with_model_mistakes(model, tok, splits[split])
             out(f"{split}: the model's own wrong answer is the rejected one in {n:,} of {len(splits[split]):,} pairs")
     task = PreferenceTask(splits, tok, model, source=meta["source"])
-    acc0, _, _ = preference_accuracy(model, task, beta=args.beta)
     skills = meta["source"] == "skills"
     n = {k: len(v[0]) for k, v in task.data.items()}
     dropped = sum(task.dropped.values())
     out(f"data: {task.source}, {n['train']:,} train / {n['val']:,} val preference pairs"
         + (f" ({dropped} longer than the block size left out)" if dropped else ""))
-    out(f"before: the model prefers the chosen answer in {acc0:.1%} of val pairs (log pi(chosen) > log pi(rejected))")
-    before = skills_report(model, tok, out, per_skill=50) if skills else None
+    before = None
+    if world().is_root:  # the before and after reports are rank 0's alone (training is every rank's)
+        acc0, _, _ = preference_accuracy(model, task, beta=args.beta)
+        out(f"before: the model prefers the chosen answer in {acc0:.1%} of val pairs (log pi(chosen) > "
+            "log pi(rejected))")
+        before = skills_report(model, tok, out, per_skill=50) if skills else None
     if ckpt.model.kind == "lora":  # keep training a LoRA's adapters: merge nothing into the reference copy
         model = load_checkpoint(src, backend=args.backend).model
     else:
         model = maybe_lora(args, model, tok, src, False, out_dir, out)
     with training_flags_named():
         tcfg = TrainConfig(**{**DPO_TRAIN, **train_overrides(args)})
-    if has_checkpoint(out_dir):
-        out(f"note: {out_dir} already holds a checkpoint; this run replaces it at its first evaluation")
+    if has_checkpoint(out_dir):  # given --overwrite (cli.out_dir_claimed)
+        out(f"note: {out_dir} holds a checkpoint; this run replaces it at its first evaluation (--overwrite)")
     trainer = Trainer(DPO(model, args.beta, args.sft_weight), task, tcfg, tokenizer=tok, out_dir=out_dir,
                       progress=not args.no_progress, data_meta=meta)
     out(f"model: {src} (step {ckpt.step}), {trained_params(model):,} parameters trained, beta {args.beta}, "
         f"sft weight {args.sft_weight}; "
         f"{tcfg.max_steps} steps of {tcfg.batch_size} pairs")
-    fit_and_report(trainer, SimpleNamespace(kind="dpo"), args, out_dir, out, 0)
+    if not fit_and_report(trainer, SimpleNamespace(kind="dpo"), args, out_dir, out, 0):
+        return
     from .lora import inference_model
 
     policy = inference_model(model)

@@ -6,6 +6,8 @@ Does not: check one flag against another or against a checkpoint (the commands d
 training values' ranges beyond their type (train.FIELD_RULES does, for the flags and the API).
 """
 import argparse
+import dataclasses
+import math
 
 from . import __version__
 from . import cli_chat
@@ -13,25 +15,49 @@ from . import cli_tasks as per_kind
 from .backend import BACKENDS
 from .block import MLP_KINDS, NORM_KINDS
 from .model import ARCHS, POS_KINDS
+from .quantize import QUANTIZE_KINDS
 
 
-def _int_at_least(low, what):
-    """An argparse type: an integer >= low, else "expected a <what> integer, got ..."."""
+def flag_type(parse, expected, ok, metavar):
+    """An argparse type: `parse` the text (int or float), then `ok(value)`, else the one usage
+    error "argument --flag: expected <expected>, got '<text>'" (argparse adds the flag's name).
+    Every numeric flag of every command is one of these, so nan, inf, -1 or 1e9 for an integer
+    is refused by the flag that was typed, before any work."""
 
-    def parse(s):
+    def check(s):
         try:
-            v = int(s)
+            v = parse(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {s!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {s!r}")
+            v = None
+        if v is None or not math.isfinite(v) or not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {s!r}")
         return v
 
-    return parse
+    check.metavar = metavar
+    return check
 
 
-positive_int = _int_at_least(1, "positive")
-nonneg_int = _int_at_least(0, "non-negative")
+positive_int = flag_type(int, "a positive integer", lambda v: v >= 1, "N")
+nonneg_int = flag_type(int, "a non-negative integer", lambda v: v >= 0, "N")
+finite = flag_type(float, "a finite number", lambda v: True, "X")
+nonneg = flag_type(float, "a number >= 0", lambda v: v >= 0, "X")
+positive = flag_type(float, "a number > 0", lambda v: v > 0, "X")
+probability = flag_type(float, "a probability in [0, 1)", lambda v: 0 <= v < 1, "X")  # dropout, label smoothing
+fraction = flag_type(float, "a fraction in (0, 1)", lambda v: 0 < v < 1, "X")  # held-out shares
+top_p = flag_type(float, "a probability in (0, 1]", lambda v: 0 < v <= 1, "P")
+above_one = flag_type(float, "a finite number > 1", lambda v: v > 1, "X")  # RoPE's base
+
+
+def train_type(name):
+    """The argparse type of TrainConfig field `name`: train.FIELD_RULES, the rules the config
+    itself checks (so the flag and the Python API refuse the same values with the same words)."""
+    from .train import FIELD_RULES
+
+    from .train import TrainConfig
+
+    ok, expected = FIELD_RULES[name]
+    integer = {f.name: f.type for f in dataclasses.fields(TrainConfig)}[name] in (int, "int")
+    return flag_type(int, expected, ok, "N") if integer else flag_type(float, expected, ok, "X")
 
 
 MODEL_FLAGS = [  # (flag, type, help); defaults in cli_tasks.MODEL_DEFAULTS
@@ -39,23 +65,25 @@ MODEL_FLAGS = [  # (flag, type, help); defaults in cli_tasks.MODEL_DEFAULTS
     ("--n-layer", positive_int, "transformer blocks L (seq2seq: encoder blocks = decoder blocks)"),
     ("--n-head", positive_int, "attention heads NH"),
     ("--d-model", positive_int, "channels C"),
-    ("--dropout", float, "dropout probability (embeddings and residual branches)"),
-    ("--label-smoothing", float, "seq2seq: the training loss's label smoothing (eval reports plain cross-entropy)"),
+    ("--dropout", probability, "dropout probability (embeddings and residual branches)"),
+    ("--label-smoothing", probability, "seq2seq: the training loss's label smoothing (eval reports plain cross-entropy)"),
 ]
 TRAIN_FLAGS = [  # defaults in cli_tasks.TRAIN_DEFAULTS
-    ("--batch-size", positive_int, "sequences (pairs, sentences) per step B"),
-    ("--max-steps", positive_int, "optimiser steps in total (the learning-rate schedule's length)"),
-    ("--lr", float, "peak learning rate"),
-    ("--min-lr", float, "learning rate at the end of the cosine (default: lr/10)"),
-    ("--warmup", nonneg_int, "linear warm-up steps"),
-    ("--weight-decay", float, "AdamW decay of the 2-D weights"),
-    ("--beta1", float, "AdamW's first-moment decay, in [0, 1)"),
-    ("--beta2", float, "AdamW's second-moment decay, in [0, 1) (nanoGPT's Shakespeare recipe: 0.99)"),
-    ("--eps", float, "AdamW's epsilon, > 0"),
-    ("--grad-clip", float, "max global gradient norm, 0 = off"),
-    ("--eval-interval", positive_int, "evaluate and checkpoint every N steps"),
-    ("--eval-iters", positive_int, "batches per split per evaluation"),
-    ("--seed", int, "seed of initialisation, batches and dropout"),
+    ("--batch-size", train_type("batch_size"), "sequences (pairs, sentences) per step B"),
+    ("--max-steps", train_type("max_steps"), "optimiser steps in total (the learning-rate schedule's length)"),
+    ("--lr", train_type("lr"), "peak learning rate"),
+    ("--min-lr", nonneg, "learning rate at the end of the cosine (default: lr/10)"),
+    ("--warmup", train_type("warmup"), "linear warm-up steps"),
+    ("--weight-decay", train_type("weight_decay"), "AdamW decay of the 2-D weights"),
+    ("--beta1", train_type("beta1"), "AdamW's first-moment decay, in [0, 1)"),
+    ("--beta2", train_type("beta2"), "AdamW's second-moment decay, in [0, 1) (nanoGPT's Shakespeare recipe: 0.99)"),
+    ("--eps", train_type("eps"), "AdamW's epsilon, > 0"),
+    ("--grad-clip", train_type("grad_clip"), "max global gradient norm, 0 = off"),
+    ("--eval-interval", train_type("eval_interval"), "evaluate and checkpoint every N steps"),
+    ("--eval-iters", train_type("eval_iters"), "batches per split per evaluation"),
+    ("--seed", train_type("seed"), "seed of initialisation, batches and dropout"),
+    ("--grad-accum", train_type("grad_accum"), "micro-batches per step (per rank under mpirun): the --batch-size "
+                                               "batch in K pieces, one gradient (default: 1)"),
 ]
 
 
@@ -70,7 +98,7 @@ def _flag(group, flag, typ, text, defaults):
         text = f"{text} (default: {next(iter(shown.values()))}{fitted})"
     elif shown:
         text = f"{text} (default: " + ", ".join(f"{v} {kind}" for kind, v in shown.items()) + f"{fitted})"
-    group.add_argument(flag, type=typ, default=None, metavar="X" if typ is float else "N", help=text)
+    group.add_argument(flag, type=typ, default=None, metavar=typ.metavar, help=text)
 
 
 def training_flags(p, defaults, title):
@@ -80,7 +108,27 @@ def training_flags(p, defaults, title):
     g.add_argument("--stop-after", type=positive_int, default=None, metavar="N",
                    help="stop (evaluated and checkpointed) after N steps of this run, keeping the schedule of "
                         "--max-steps; --resume then continues bit-identically")
+    g.add_argument("--overwrite", action="store_true",
+                   help="let a new run replace the checkpoint already in --out (without it, that is an error)")
+    g.add_argument("--shard-optimizer", action="store_const", const=True, default=None,
+                   help="under `mpirun -n N`: each rank keeps the AdamW moments of 1/N of the parameters (ZeRO-1)")
     return g
+
+
+class UsageError(ValueError):
+    """A command line argparse refused (a bad flag value, an unknown flag, a missing argument)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a refused command line raises `UsageError` "--flag: expected ..., got
+    '...'" (cli.main prints it as the one line "error: ..." and exits with status 2) instead of
+    printing the usage block and exiting from inside the parser."""
+
+    def error(self, message):
+        text = message.removeprefix("argument ")
+        if not text.startswith(("-", "DATA", "FILE", "CHECKPOINT", "COMMAND")) or "required" in text:
+            text += f" (`{self.prog} --help` lists the flags)"
+        raise UsageError(text)
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -93,7 +141,7 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="nanotransformer",
         description="Train small transformers (NumPy, hand-written backward passes): a GPT on a text, a BERT "
                     "masked LM, an encoder-decoder on translation pairs; fine-tune a GPT as a classifier; "
@@ -124,7 +172,7 @@ def build_parser():
                         "always uses DATA's characters)")
     g.add_argument("--vocab-size", type=positive_int, default=None, metavar="N",
                    help="vocabulary size for --tokenizer bpe (default: 512)")
-    g.add_argument("--val-fraction", type=float, default=None, metavar="X",
+    g.add_argument("--val-fraction", type=fraction, default=None, metavar="X",
                    help="held out: the tokens at the end (gpt, bert) or, for a TSV, random pairs (default: 0.1)")
     g = t.add_argument_group("model (with --resume these must match the checkpoint)")
     g.add_argument("--model", choices=per_kind.KINDS, default=None,
@@ -142,7 +190,7 @@ def build_parser():
                    help="gpt: key/value heads, a divisor of --n-head (1 = multi-query; default: the --arch's)")
     g.add_argument("--d-ff", type=positive_int, default=None, metavar="N",
                    help="gpt: the MLP's hidden width (default: 4C for gelu, 8C/3 rounded up to 8 for swiglu)")
-    g.add_argument("--rope-theta", type=float, default=None, metavar="X", help="gpt: RoPE's base (default: 10000)")
+    g.add_argument("--rope-theta", type=above_one, default=None, metavar="X", help="gpt: RoPE's base (default: 10000)")
     g.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
                    help="gpt: biases in linear layers and norms (default: the --arch's)")
     g.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None,
@@ -182,9 +230,9 @@ def build_parser():
                    help="train only the last N blocks, the final layer norm and the head; freeze the rest "
                         "(default: train everything)")
     g = f.add_argument_group("data")
-    g.add_argument("--test-fraction", type=float, default=0.2, metavar="X", help="sentences held out for the test")
-    g.add_argument("--val-fraction", type=float, default=0.1, metavar="X", help="sentences held out for validation")
-    g.add_argument("--split-seed", type=int, default=0, metavar="N", help="seed of the random split")
+    g.add_argument("--test-fraction", type=fraction, default=0.2, metavar="X", help="sentences held out for the test")
+    g.add_argument("--val-fraction", type=fraction, default=0.1, metavar="X", help="sentences held out for validation")
+    g.add_argument("--split-seed", type=nonneg_int, default=0, metavar="N", help="seed of the random split")
     cli_chat.lora_flags(f)
     training_flags(f, {"classifier": per_kind.TRAIN_DEFAULTS["classifier"]}, "training")
     f.add_argument("--backend", choices=BACKENDS + ("auto",), default=None, help="hot-op implementation")
@@ -204,23 +252,25 @@ def build_parser():
                    help="the text; \\n stands for a newline (default for a GPT: a newline)")
     s.add_argument("--max-new-tokens", type=nonneg_int, default=None, metavar="N",
                    help="gpt, seq2seq: tokens to generate (default: 300 gpt; seq2seq: as many as max_len allows)")
-    s.add_argument("--temperature", type=float, default=None, metavar="X",
+    s.add_argument("--temperature", type=nonneg, default=None, metavar="X",
                    help="gpt: 0 = greedy; <1 sharper, >1 more random (default: 0.8)")
     s.add_argument("--top-k", type=positive_int, default=None, metavar="K",
                    help="gpt: sample only from the k most likely tokens; bert: candidates shown per _ (default 3)")
-    s.add_argument("--top-p", type=float, default=None, metavar="P",
+    s.add_argument("--top-p", type=top_p, default=None, metavar="P",
                    help="gpt: nucleus, sample from the smallest set of tokens with probability >= p")
     s.add_argument("--num-samples", type=positive_int, default=None, metavar="N",
                    help="gpt: independent samples, one batch (default: 1)")
     s.add_argument("--num-beams", type=positive_int, default=None, metavar="N",
                    help="gpt, seq2seq: beam search with this many beams (>1) (default: 1)")
-    s.add_argument("--length-penalty", type=float, default=None, metavar="X",
+    s.add_argument("--length-penalty", type=finite, default=None, metavar="X",
                    help="beam search; gpt: score / length**X (default: 1.0); seq2seq: GNMT's score / "
                         "((5 + length) / 6)**X (default: 0.6)")
     s.add_argument("--stop", action="append", default=None, metavar="TEXT",
                    help="gpt: end a sample before this text (repeatable)")
-    s.add_argument("--seed", type=int, default=None, metavar="N", help="gpt: sampling seed (default: random)")
+    s.add_argument("--seed", type=nonneg_int, default=None, metavar="N", help="gpt: sampling seed (default: random)")
     s.add_argument("--backend", choices=BACKENDS + ("auto",), default=None, help="hot-op implementation")
+    s.add_argument("--quantize", choices=QUANTIZE_KINDS, default=None,
+                   help="gpt: decode with int8 weights (per-output-channel scales; about 2x faster, see chapter 10)")
 
     # ------------------------------------------------------------------------- eval
     e = sub.add_parser(
@@ -239,9 +289,9 @@ def build_parser():
                    help="rows per forward pass (default: 16 windows for gpt/bert, 256 pairs or sentences)")
     e.add_argument("--num-beams", type=positive_int, default=None, metavar="N",
                    help="seq2seq: beam search with this many beams (default: greedy)")
-    e.add_argument("--seed", type=int, default=None, metavar="N", help="bert: seed of the masking (default: 0)")
+    e.add_argument("--seed", type=nonneg_int, default=None, metavar="N", help="bert: seed of the masking (default: 0)")
     e.add_argument("--backend", choices=BACKENDS + ("auto",), default=None, help="hot-op implementation")
 
     # ------------------------------------------------------------------------- sft, chat, dpo
-    cli_chat.add_parsers(sub, Formatter, training_flags, positive_int, nonneg_int, BACKENDS + ("auto",))
+    cli_chat.add_parsers(sub, Formatter, training_flags, BACKENDS + ("auto",))
     return p

@@ -21,12 +21,13 @@ Does not: parse flags or print errors (cli.py does), or hold any model or task c
 modules do).
 """
 import contextlib
-import math
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+
+from .data import check_data_unchanged, data_hashed
 
 KINDS = ("gpt", "bert", "seq2seq")  # what `train --model` builds; `finetune` builds "classifier"
 
@@ -119,12 +120,6 @@ def encode_text(tok, text, name):
         raise ValueError(f"{name}: cannot be encoded with this tokenizer ({e})") from None
 
 
-def fraction(name, x):
-    if not 0.0 < x < 1.0:
-        raise ValueError(f"{name}: expected a fraction in (0, 1), got {x}")
-    return x
-
-
 # ----------------------------------------------------------------------------- DATA -> task, per kind
 
 
@@ -148,7 +143,7 @@ def pairs_meta(data, val_fraction):
             raise ValueError(f"--val-fraction: does not apply to the numbers task (its {NUMBERS['n_val']} validation "
                              "numbers are drawn apart from the training ones)")
         return {"kind": "numbers", "source": "numbers", **NUMBERS}
-    vf = fraction("--val-fraction", 0.1 if val_fraction is None else val_fraction)
+    vf = 0.1 if val_fraction is None else val_fraction  # a fraction in (0, 1): cli_flags.fraction
     return {"kind": "tsv", "source": source_name(data, None), "val_fraction": vf, "split_seed": SPLIT_SEED}
 
 
@@ -195,11 +190,11 @@ def check_pairs(pairs, vocab, max_len, name):
 
 def sentiment_meta(data, args):
     """classifier: DATA and finetune's split flags -> the meta of its sentences."""
-    tf, vf = (fraction(flag(k), getattr(args, k)) for k in ("test_fraction", "val_fraction"))
+    tf, vf = args.test_fraction, args.val_fraction  # each a fraction in (0, 1): cli_flags.fraction
     if tf + vf >= 1.0:
         raise ValueError(f"--test-fraction, --val-fraction: expected a sum below 1, got {tf} + {vf}")
-    return {"kind": "sentiment", "source": source_name(data, None), "test_fraction": tf, "val_fraction": vf,
-            "split_seed": args.split_seed}
+    return data_hashed({"kind": "sentiment", "source": source_name(data, None), "test_fraction": tf,
+                       "val_fraction": vf, "split_seed": args.split_seed})
 
 
 def sentiment_run(meta, tokenizer, block_size):
@@ -279,6 +274,7 @@ def resume_run(ckpt, data=None):
         meta.setdefault("source", "alice")
     elif "source" not in meta:
         raise ValueError(f"{ckpt.path}: the checkpoint does not record its data; give DATA to resume it")
+    check_data_unchanged(meta, ckpt.path)
     run = load_run(kind, meta, ckpt.tokenizer, ckpt.model.config_dict())
     if kind == "bert":
         run.task = masked_task(run, ckpt.model.config.block_size)
@@ -308,23 +304,26 @@ def new_run(kind, args, seed):
                 "val_fraction": 0.1 if args.val_fraction is None else args.val_fraction}
         if kind == "bert":
             meta = {"kind": "text", "source": meta["source"], "val_fraction": meta["val_fraction"]}
-        elif meta["tokenizer"] == "bpe" and args.vocab_size is not None:
+        elif args.vocab_size is not None:
+            if meta["tokenizer"] != "bpe":
+                raise ValueError(f"--vocab-size: only for --tokenizer bpe (a {meta['tokenizer']!r} tokenizer's "
+                                 "vocabulary is fixed by what it reads)")
             meta["vocab_size"] = args.vocab_size
-        run = text_run(kind, meta)
+        run = text_run(kind, data_hashed(meta))
         V = run.tokenizer.vocab_size
         if kind == "gpt":
             switches = {d: getattr(args, d) for d in GPT_SWITCHES if getattr(args, d) is not None}
             with config_errors_name_flags("gpt", args):
                 cfg = GPTConfig.preset(args.arch or "gpt2", vocab_size=V, block_size=T, backend=args.backend, **vals, **switches)
+            run.stream.check_block_size(T)  # before the model: a block longer than the data is refused at once
             model = GPT(cfg, seed=seed)
-            run.stream.check_block_size(T)
         else:
             with config_errors_name_flags("bert"):
                 cfg = BERTConfig(vocab_size=V, block_size=T, backend=args.backend, **vals)
-            model = BERT(cfg, seed=seed)
             run.task = masked_task(run, T)
+            model = BERT(cfg, seed=seed)
         return model, run
-    run = pairs_run(pairs_meta(args.data, args.val_fraction))
+    run = pairs_run(data_hashed(pairs_meta(args.data, args.val_fraction)))
     need = pairs_positions(run.pairs)
     if T is None:
         T = -(-need // 8) * 8
@@ -332,8 +331,6 @@ def new_run(kind, args, seed):
         raise ValueError(f"--block-size: the encoder-decoder's max_len {T} is too short for {run.name}: its longest "
                          f"pair needs {need} positions (the source, or the target + EOS); use at least {need}")
     ls = vals.pop("label_smoothing")
-    if not 0.0 <= ls < 1.0:
-        raise ValueError(f"--label-smoothing: expected a value in [0, 1), got {ls}")
     L = vals.pop("n_layer")
     with config_errors_name_flags("seq2seq"):
         cfg = Seq2SeqConfig(vocab_size=len(run.tokenizer), max_len=T, n_enc_layer=L, n_dec_layer=L, label_smoothing=ls,
@@ -358,7 +355,7 @@ def check_resume_flags(args, kind, sidecar, out_dir):
         given_flags += [("arch", key, val) for key, val in arch_switches(args.arch, cfg["n_head"]).items()
                         if getattr(args, key, None) is None]
     for dest, key, given in given_flags:
-        if given is None:
+        if given is None or dest == "vocab_size":  # a tokenizer flag, checked against the meta below
             continue
         have = cfg.get(key)
         if given != have or (kind == "seq2seq" and dest == "n_layer" and given != cfg.get("n_dec_layer")):
@@ -367,10 +364,14 @@ def check_resume_flags(args, kind, sidecar, out_dir):
                              f"has {key}={have!r},{what or ' got'} {given!r})")
     reject_flags(args, [d for d, kinds in ONLY_FOR.items() if kind not in kinds and d not in CONFIG_KEYS[kind]],
                  f"a {kind} checkpoint")
-    for dest in ("tokenizer", "val_fraction"):
-        given = getattr(args, dest)
+    for dest in ("tokenizer", "vocab_size", "val_fraction"):
+        given = getattr(args, dest, None)
         if given is None:
             continue
+        if dest == "vocab_size" and meta.get("tokenizer") == "bpe" and dest not in meta:
+            from .data import DEFAULT_BPE_VOCAB
+
+            meta = {**meta, "vocab_size": DEFAULT_BPE_VOCAB}  # a bpe run that did not give --vocab-size
         if dest not in meta:
             raise ValueError(f"{flag(dest)}: does not apply to the data of this {kind} checkpoint")
         if given != meta[dest]:
@@ -505,6 +506,8 @@ def evaluate(ckpt, args, out):
     if kind in ("gpt", "bert"):
         from .data import load_text
 
+        from .metrics import perplexity
+
         text, name = load_text(args.file)
         ids = encode_text(tok, text, name)
         if kind == "gpt":
@@ -513,12 +516,12 @@ def evaluate(ckpt, args, out):
             if len(ids) < 2:
                 raise ValueError(f"{name}: expected at least 2 tokens to measure a loss, got {len(ids)}")
             loss, n = eval_loss(model, ids, batch_size=args.batch_size or 16)
-            out(f"{name}: {n:,} tokens predicted, loss {loss:.4f} nats/token, perplexity {math.exp(loss):.2f} ({where})")
+            out(f"{name}: {n:,} tokens predicted, loss {loss:.4f} nats/token, perplexity {perplexity(loss):.2f} ({where})")
             return
         seed = args.seed or 0
         loss, n = masked_lm_loss(model, ids, seed, args.batch_size or 16, name)
         out(f"{name}: {n:,} of {len(ids):,} tokens masked (seed {seed}), masked-LM loss {loss:.4f} nats/token, "
-            f"perplexity {math.exp(loss):.2f} ({where})")
+            f"perplexity {perplexity(loss):.2f} ({where})")
         return
     if kind == "seq2seq":
         from .encoder_decoder import evaluate_seq2seq

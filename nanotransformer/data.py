@@ -73,11 +73,18 @@ def read_text_file(path):
     return text
 
 
-def read_text_dir(path):
-    """The text files under directory `path` (recursively, sorted by path), joined by a blank line."""
+def text_files(path):
+    """The text files under directory `path` that a run reads: recursively, sorted by path, not
+    hidden, with a suffix of TEXT_SUFFIXES."""
     path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(path).parts))
+
+
+def read_text_dir(path):
+    """The text files under directory `path` (`text_files`), joined by a blank line."""
+    path = Path(path)
+    files = text_files(path)
     if not files:
         raise ValueError(f"{path}: no text files ({' '.join(TEXT_SUFFIXES)}) in this directory")
     return "\n\n".join(read_text_file(f) for f in files)
@@ -130,6 +137,45 @@ def file_sha256(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def data_sha256(source):
+    """A content hash of the data at `source`, so a resumed run can tell that its file changed:
+    a file's sha256; for a directory, the sha256 of the text files a run reads from it
+    (`text_files`: sorted relative paths and contents), so a checkpoint or any other file beside
+    them changes nothing. None for a name that is not a path (built-in data, which the package
+    generates or checks itself)."""
+    path = Path(str(source)).expanduser()
+    if path.is_file():
+        return file_sha256(path)
+    if not path.is_dir():
+        return None
+    h = hashlib.sha256()
+    for p in text_files(path):
+        h.update(str(p.relative_to(path)).encode() + b"\0" + file_sha256(p).encode())
+    return h.hexdigest()
+
+
+def data_hashed(meta):
+    """A fresh run's data meta (a dict naming its "source") with the content hash of that source."""
+    digest = data_sha256(meta["source"])
+    return meta if digest is None else {**meta, "data_sha256": digest}
+
+
+def check_data_unchanged(meta, out_dir):
+    """--resume: the data at meta["source"] must hash to what the run recorded (a run continued
+    on a changed file would silently train on other data and other splits)."""
+    recorded = meta.get("data_sha256")
+    if recorded is None:
+        return  # built-in data, or a checkpoint from before the hash was recorded
+    now = data_sha256(meta["source"])
+    if now is None:
+        raise ValueError(f"DATA: {meta['source']} (the data of the run in {out_dir}) no longer exists; give DATA "
+                         "to resume on a copy of it")
+    if now != recorded:
+        raise ValueError(f"DATA: {meta['source']} has changed since the run in {out_dir} started (sha256 {now[:12]}..., "
+                         f"recorded {recorded[:12]}...); resuming would train on other data and other splits. "
+                         "Restore the file, or start a new run with another --out")
 
 
 def _verified(path):
@@ -190,6 +236,9 @@ def tinyshakespeare_path(download=True, timeout=30):
 # ----------------------------------------------------------------------------- tokenizers
 
 
+DEFAULT_BPE_VOCAB = 512  # build_tokenizer(text, "bpe") without a vocab_size
+
+
 def build_tokenizer(text, kind="char", vocab_size=None):
     """kind: "char" (one id per distinct character), "bpe" (trained to `vocab_size` ids, default
     512), or the path of a saved tokenizer (loaded as is)."""
@@ -199,7 +248,7 @@ def build_tokenizer(text, kind="char", vocab_size=None):
         return tk.CharTokenizer.from_text(text)
     if kind == "bpe":
         # BPETokenizer.train validates vocab_size (> 256) with its own clear error
-        return tk.BPETokenizer().train(text, 512 if vocab_size is None else vocab_size)
+        return tk.BPETokenizer().train(text, DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size)
     path = Path(kind)
     if not path.is_file():
         raise ValueError(f"tokenizer: expected 'char', 'bpe' or a saved tokenizer file, got {kind!r} (no such file)")

@@ -165,6 +165,22 @@ class PreferenceTask:
         x, y = pad_batch([w[i] for i in idx] + [l[i] for i in idx], self.pad_id)
         return x, y, np.concatenate([ref_w[idx], ref_l[idx]])
 
+    def micro_batches(self, batch, n):
+        """The batch's pairs cut into n micro-batches of consecutive pairs (chosen rows first in
+        each, like a batch) -> [(arrays, pairs)], for `train.micro_batches`. The DPO loss is a mean
+        over pairs, so weighting by pairs is exact. The optional SFT term is a mean over the whole
+        batch's n_tok chosen tokens: micro-batch j, weighted rows / B by the trainer, divides its
+        sum by n_tok rows / B (its `sft_tokens`) instead of its own count, so that
+        sum_j (rows / B) S_j / (n_tok rows / B) = S / n_tok exactly."""
+        x, y, ref = batch
+        B = len(x) // 2
+        rows, out = B // n, []
+        sft_tokens = max(1, int((y[:B] != IGNORE_INDEX).sum())) * rows / B
+        for j in range(n):
+            idx = np.r_[j * rows : (j + 1) * rows, B + j * rows : B + (j + 1) * rows]
+            out.append(((x[idx], y[idx], ref[idx], sft_tokens), rows))
+        return out
+
 
 def preference_accuracy(model, task, split="val", beta=0.1):
     """How `model` ranks `split`'s pairs -> (prefers, margin_accuracy, mean_margin):
@@ -200,14 +216,16 @@ class DPO(ParamStore):
     def config_dict(self):
         return self.policy.config_dict()
 
-    def forward(self, x, y, ref, *, train=False, rng=None):
-        """x, y: (2B, T), ref: (2B,) reference log-probs, chosen rows first -> logits, loss: float"""
+    def forward(self, x, y, ref, sft_tokens=None, *, train=False, rng=None):
+        """x, y: (2B, T), ref: (2B,) reference log-probs, chosen rows first -> logits, loss: float.
+        sft_tokens: what the SFT term divides by (default: the chosen answers' tokens; a
+        micro-batch's share of its batch's, `PreferenceTask.micro_batches`)."""
         B = x.shape[0] // 2
         logits, _ = self.policy.forward(x, train=train, rng=rng)  # (2B, T, V)
         logp, lp_c = sequence_logprob_forward(logits, y)
         ref = ref.astype(logp.dtype)
         loss, loss_c = dpo_loss_forward(logp[:B], logp[B:], ref[:B], ref[B:], self.beta)
-        n_tok = max(1, int((y[:B] != IGNORE_INDEX).sum()))  # the chosen answers' tokens
+        n_tok = max(1, int((y[:B] != IGNORE_INDEX).sum())) if sft_tokens is None else sft_tokens
         if self.sft_weight:  # + the chosen answers' mean cross-entropy (module docstring)
             loss += self.sft_weight * float(-logp[:B].sum() / n_tok)
         self._cache = (lp_c, loss_c, n_tok) if train else None

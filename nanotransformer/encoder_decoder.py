@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .resources import check_model_memory
 from .backend import get_ops
 from .block import (
     attention_weights,
@@ -128,6 +129,7 @@ class Seq2Seq(ParamStore):
     def __init__(self, config, dtype=np.float32, seed=0):
         if not isinstance(config, Seq2SeqConfig):
             raise ValueError(f"config: expected a Seq2SeqConfig, got {type(config).__name__}")
+        check_model_memory(type(self), config, dtype)  # before anything is allocated (resources.py)
         self.config = cfg = config
         self.ops = get_ops(cfg.backend)
         self.enc_block, self.dec_block = self.block_configs(cfg)

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .quantize import Int8Weight
 from .validation import check_array, check_ids, check_number, check_same_dtype
 
 # ----------------------------------------------------------------------------- linear
@@ -77,8 +78,9 @@ class LoRAGrad(NamedTuple):
 
 
 def base_weight(w):
-    """The base (C_in, C_out) array of w, a `LoRAWeight` or a plain weight (for shape checks)."""
-    return w.w if isinstance(w, LoRAWeight) else w
+    """The base (C_in, C_out) array of w, a `LoRAWeight`, a `quantize.Int8Weight` (its int8 q) or a
+    plain weight (for shape checks)."""
+    return w.w if isinstance(w, LoRAWeight) else w.q if isinstance(w, Int8Weight) else w
 
 
 def _default_ops(ops):
@@ -277,6 +279,7 @@ def layernorm_forward(x, w, b, eps=1e-5):
     C = x.shape[-1]
     check_array("w", w, shape=(C,))
     check_array("b", b, shape=(C,))
+    check_number("eps", eps, at_least=0)  # 0 is exact statistics; nan would make every output nan
     mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
     xc = x - mean
     var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1)

@@ -32,14 +32,16 @@ def perplexity(nll):
 
     nll: a float (the mean cross-entropy the model reports) or an array of per-token negative
     log-likelihoods -> float. A model that spreads its probability uniformly over k tokens has
-    perplexity k, so it reads as "how many tokens the model is choosing between".
+    perplexity k, so it reads as "how many tokens the model is choosing between". A mean above
+    709 nats (no model at all) gives inf rather than OverflowError.
     """
     arr = np.asarray(nll, dtype=np.float64)
     if arr.size == 0:
         raise ValueError("nll: expected at least one value, got an empty array")
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
         raise ValueError(f"nll: expected finite non-negative values (nats), got min {arr.min()}, max {arr.max()}")
-    return float(math.exp(arr.mean()))
+    mean = float(arr.mean())
+    return math.exp(mean) if mean < 709.0 else math.inf  # exp() of more overflows a float: "infinite"
 
 
 # ----------------------------------------------------------------------------- shared helpers

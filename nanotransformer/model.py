@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .resources import check_model_memory
 from .backend import get_ops
 from .block import (
     MLP_KINDS,
@@ -206,6 +207,7 @@ class GPT(ParamStore):
     def __init__(self, config, dtype=np.float32, seed=0):
         if not isinstance(config, GPTConfig):
             raise ValueError(f"config: expected a GPTConfig, got {type(config).__name__}")
+        check_model_memory(type(self), config, dtype)  # before anything is allocated (resources.py)
         self.config = config
         self.ops = get_ops(config.backend)
         self.block = self.block_config(config)

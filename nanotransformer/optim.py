@@ -13,7 +13,8 @@ The update works on flat arrays (llm.c keeps every parameter in one buffer so th
 a single pass): `AdamW` takes a model (its whole flat buffer, through the backend's fused
 kernel `kernels/adamw.py` when the model runs on Numba), or a list of arrays.
 
-Does not: keep fp32 master copies of lower-precision weights.
+Does not: keep fp32 master copies of lower-precision weights, or talk to other processes (a
+sharded AdamW updates its slice; train.Trainer gathers the slices over the ranks).
 """
 import math
 
@@ -61,12 +62,23 @@ class AdamW:
     decoupled=False gives classic Adam with L2 regularisation (see `Adam`).
     State: `m`, `v` (lists of arrays shaped like the params) and `t` (steps taken) — saved in
     checkpoints.
+    shard=(lo, hi), with a model (ZeRO stage 1): this optimiser owns only params[frozen + lo :
+    frozen + hi]; `m`, `v` hold that slice's moments alone and `step` updates that slice alone
+    (the update is elementwise, so the slices of several ranks together are the whole update,
+    bit for bit). Someone else gathers the slices (`distributed.World.allgather_slices`).
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, decoupled=True, ops=None):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, decoupled=True, ops=None,
+                 shard=None):
         from .params import ParamStore
 
         self.model = params if isinstance(params, ParamStore) else None
+        self.shard = None
+        if shard is not None:
+            lo, hi = shard
+            if self.model is None or not 0 <= lo <= hi <= len(self.model.params) - self.model.frozen:
+                raise ValueError(f"shard: expected (lo, hi) within a model's trainable part, got {shard!r}")
+            self.shard = (int(lo), int(hi))
         if self.model is not None:
             self.params = [self.model.params]
             wds = [(weight_decay * self.model.decay_mask).astype(self.model.dtype)]
@@ -79,8 +91,9 @@ class AdamW:
         self.update = adamw_update if ops is None else ops.adamw_update
         self.lr, self.betas, self.eps = lr, tuple(betas), eps
         self.weight_decay, self.decoupled, self._wds = weight_decay, decoupled, wds
-        self.m = [np.zeros_like(p) for p in self.params]
-        self.v = [np.zeros_like(p) for p in self.params]
+        n = None if self.shard is None else self.shard[1] - self.shard[0]
+        self.m = [np.zeros_like(p) if n is None else np.zeros(n, p.dtype) for p in self.params]
+        self.v = [np.zeros_like(p) if n is None else np.zeros(n, p.dtype) for p in self.params]
         self.t = 0
 
     def step(self, grads=None, lr=None):
@@ -99,7 +112,10 @@ class AdamW:
         lr = self.lr if lr is None else lr
         start = 0 if self.model is None else self.model.frozen  # a frozen prefix is never updated
         for p, g, m, v, wd in zip(self.params, grads, self.m, self.v, self._wds):
-            if start:
+            if self.shard is not None:  # m, v are the slice's already
+                lo, hi = start + self.shard[0], start + self.shard[1]
+                p, g, wd = p[lo:hi], g[lo:hi], wd[lo:hi]
+            elif start:
                 p, g, m, v, wd = p[start:], g[start:], m[start:], v[start:], wd[start:]
             self.update(p, g, m, v, self.t, lr, *self.betas, self.eps, wd, self.decoupled)
 
@@ -107,10 +123,24 @@ class AdamW:
         return {"betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
 
     def load(self, state):
-        """Restore from `Checkpoint.optimizer` ({"t", "m", "v", ...}; m, v flat like the buffer)."""
-        self.m[0][...] = state["m"]
-        self.v[0][...] = state["v"]
+        """Restore from `Checkpoint.optimizer` ({"t", "m", "v", ...}; m, v flat like the buffer;
+        a sharded optimiser keeps its slice)."""
+        lo, hi = (0, len(state["m"])) if self.shard is None else (self.model.frozen + s for s in self.shard)
+        self.m[0][...] = state["m"][lo:hi]
+        self.v[0][...] = state["v"][lo:hi]
         self.t = int(state["t"])
+
+    def state_bytes(self):
+        """Bytes of the moments this optimiser keeps (per rank, with a shard)."""
+        return sum(a.nbytes for a in self.m + self.v)
+
+    def unsharded(self, m, v):
+        """An unsharded AdamW over the same model whose moments are the trainable part's m, v
+        (every rank's slice, gathered): what a checkpoint stores, whatever the number of ranks."""
+        full = AdamW(self.model, self.lr, self.betas, self.eps, self.weight_decay, self.decoupled)
+        full.m[0][self.model.frozen :], full.v[0][self.model.frozen :] = m, v
+        full.t = self.t
+        return full
 
 
 class Adam(AdamW):

@@ -13,7 +13,8 @@ Arguments mean what they mean in transformers:
     num_return_sequences continuations per prompt (sampling or beam search only, as in transformers)
     num_beams            > 1: beam search (deterministic)
     return_full_text     False: only the new text
-plus `seed` (ours: transformers uses torch's global seed) to make sampling repeatable.
+plus `seed` (ours: transformers uses torch's global seed) to make sampling repeatable, and
+`pipeline(..., quantize="int8")` to decode with int8 weights (`quantize.quantize_model`).
 Unset arguments come from the checkpoint's generation_config.json, else from transformers'
 text-generation defaults (`DEFAULTS`). Generation stops at an end-of-text token (the checkpoint's
 eos_token_id, which may list several, as Llama 3 Instruct's does), which is not part of the
@@ -34,6 +35,7 @@ import numpy as np
 from . import hf
 from .generation import beam_search_ids, generate_ids
 from .model import GPT
+from .quantize import check_quantize, quantize_model
 
 TASKS = ("text-generation",)
 DEFAULT_MODEL = "gpt2"  # transformers' default for this task (openai-community/gpt2)
@@ -41,15 +43,17 @@ DEFAULT_MODEL = "gpt2"  # transformers' default for this task (openai-community/
 DEFAULTS = dict(max_new_tokens=256, do_sample=True, temperature=0.7, top_k=50, top_p=1.0)
 
 
-def pipeline(task, model=None, tokenizer=None, *, dtype=np.float32, backend=None):
+def pipeline(task, model=None, tokenizer=None, *, dtype=np.float32, backend=None, quantize=None):
     """A text-generation pipeline.
 
     model: a checkpoint directory or hub name (loaded with hf.from_pretrained), or a GPT (then
     pass its tokenizer). tokenizer: None (the model's own), a directory/hub name, or a tokenizer
-    with encode/decode. dtype, backend: as in hf.from_pretrained.
+    with encode/decode. dtype, backend: as in hf.from_pretrained. quantize: None or "int8" (weight-only
+    int8 linear layers and LM head, `quantize.quantize_model`).
     """
     if task not in TASKS:
         raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+    check_quantize(quantize)
     model = DEFAULT_MODEL if model is None else model
     gen_config = {}
     if isinstance(model, GPT):
@@ -71,6 +75,8 @@ def pipeline(task, model=None, tokenizer=None, *, dtype=np.float32, backend=None
         tokenizer = hf.tokenizer_from_pretrained(tok_path)
     if not (hasattr(tokenizer, "encode") and hasattr(tokenizer, "decode")):
         raise ValueError(f"tokenizer: expected an object with encode and decode, got {type(tokenizer).__name__}")
+    if quantize is not None:
+        model = quantize_model(model, quantize)
     return TextGenerationPipeline(model, tokenizer, gen_config, prefix_ids=prefix)
 
 

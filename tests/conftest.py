@@ -54,3 +54,25 @@ def assert_step_parity(ref, other, rng, rtol, atol):
     np.testing.assert_allclose(out[1][1], out[0][1], rtol=rtol, atol=atol)
     scale = np.abs(out[0][2]).max()
     np.testing.assert_allclose(out[1][2] / scale, out[0][2] / scale, rtol=0, atol=10 * atol)
+
+
+# ----------------------------------------------------------------------------- the CLI tests' corpus and runner
+
+CLI_TEXT = "to be or not to be, that is the question.\n" * 60
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A small text file for `nanotransformer train` (test_cli.py, test_hostile.py)."""
+    p = tmp_path / "hamlet.txt"
+    p.write_text(CLI_TEXT, encoding="utf-8")
+    return p
+
+
+def run_cli(argv, capsys):
+    """`nanotransformer argv` in this process -> (exit status, stdout, stderr)."""
+    from nanotransformer.cli import main
+
+    code = main(argv)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err

@@ -28,9 +28,11 @@ def test_resolve_env_and_argument(monkeypatch):
 def test_resolve_rejects_unknown(monkeypatch):
     with pytest.raises(ValueError, match="^backend:"):
         resolve_backend("cuda")
-    monkeypatch.setenv(ENV_VAR, "torch")
-    with pytest.raises(ValueError, match="^backend:"):
+    monkeypatch.setenv(ENV_VAR, "torch")  # the error names the environment variable, not an argument
+    with pytest.raises(ValueError, match=r"^\$NANOTRANSFORMER_BACKEND \(the environment variable\): .*got 'torch'"):
         get_ops()
+    with pytest.raises(ValueError, match="^backend:"):  # an explicit argument wins, and is named
+        get_ops("cuda")
 
 
 @pytest.mark.parametrize("name", BACKENDS + ("auto",))

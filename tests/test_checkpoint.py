@@ -53,7 +53,7 @@ def test_round_trip(saved):
     assert c.tokenizer.encode("abc\n") == saved.tok.encode("abc\n")
     assert c.make_rng().random() == saved.rng.random()  # the RNG continues where it was
     files = sorted(p.name for p in saved.path.iterdir())
-    assert files == ["checkpoint.json", saved.weights.name]  # no temp files left behind
+    assert files == [ck.LOCK, "checkpoint.json", saved.weights.name]  # the writer's lock; no temp files left behind
 
 
 def _every_kind():

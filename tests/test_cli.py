@@ -1,6 +1,7 @@
 """The `nanotransformer` command: help, train -> generate -> eval for every model kind (gpt, bert,
 seq2seq, the fine-tuned classifier), --stop-after + --resume bit for bit, backend parity, and clean
 errors."""
+import hashlib
 import json
 import re
 import subprocess
@@ -9,9 +10,12 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import CLI_TEXT, run_cli
+
 from nanotransformer.cli import build_parser, main
 
-TEXT = "to be or not to be, that is the question.\n" * 60
+TEXT = CLI_TEXT  # the `corpus` fixture's text (conftest.py)
+run = run_cli
 TINY = ["--block-size", "16", "--n-layer", "1", "--n-head", "2", "--d-model", "16", "--batch-size", "4",
         "--eval-interval", "5", "--eval-iters", "2", "--no-progress"]
 
@@ -22,23 +26,10 @@ def numpy_backend(monkeypatch):
 
 
 @pytest.fixture
-def corpus(tmp_path):
-    p = tmp_path / "hamlet.txt"
-    p.write_text(TEXT, encoding="utf-8")
-    return p
-
-
-@pytest.fixture
 def trained(tmp_path, corpus, capsys):
     out = tmp_path / "run"
     assert main(["train", str(corpus), *TINY, "--max-steps", "10", "--out", str(out), "--sample-tokens", "40"]) == 0
     return out, capsys.readouterr()
-
-
-def run(argv, capsys):
-    code = main(argv)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def test_help_lists_every_flag(capsys):
@@ -253,7 +244,8 @@ def test_train_seq2seq_on_a_tsv_file(pairs_tsv, tmp_path, capsys):
     assert f"data: {pairs_tsv}, 8 train / 2 val pairs (vocab 8)" in stdout and "max_len=8" in stdout
     assert "val: exact match" in stdout and "(greedy decoding of 2 held-out pairs)" in stdout
     meta = json.loads((out / "checkpoint.json").read_text())["meta"]["data"]
-    assert meta == {"kind": "tsv", "source": str(pairs_tsv.resolve()), "val_fraction": 0.2, "split_seed": 0}
+    assert meta == {"kind": "tsv", "source": str(pairs_tsv.resolve()), "val_fraction": 0.2, "split_seed": 0,
+                    "data_sha256": hashlib.sha256(pairs_tsv.read_bytes()).hexdigest()}
     code, stdout, _ = run(["eval", "--checkpoint", str(out), str(pairs_tsv)], capsys)
     assert code == 0 and stdout.startswith(f"{pairs_tsv.resolve()}: 2 pairs (the held-out validation pairs)")
     other = tmp_path / "other.tsv"
@@ -277,15 +269,18 @@ def test_train_seq2seq_on_a_tsv_file(pairs_tsv, tmp_path, capsys):
     (["--model", "bert", "--pos", "sinusoidal"], "--pos: does not apply to --model bert"),
     (["--model", "seq2seq", "--tokenizer", "bpe"], "--tokenizer: does not apply to --model seq2seq"),
     (["--label-smoothing", "0.1"], "--label-smoothing: does not apply to --model gpt"),
-    (["--model", "seq2seq", "--label-smoothing", "1.5"], "--label-smoothing: expected a value in [0, 1), got 1.5"),
-    (["--beta1", "1.0"], "--beta1: expected a value in [0, 1), got 1.0"),
-    (["--beta2", "-0.1"], "--beta2: expected a value in [0, 1), got -0.1"),
-    (["--beta2", "nan"], "--beta2: expected a value in [0, 1), got nan"),
-    (["--eps", "0"], "--eps: expected a positive number, got 0.0"),
+    (["--model", "seq2seq", "--label-smoothing", "1.5"], "--label-smoothing: expected a probability in [0, 1), got '1.5'"),
+    (["--beta1", "1.0"], "--beta1: expected a value in [0, 1), got '1.0'"),
+    (["--beta2", "-0.1"], "--beta2: expected a value in [0, 1), got '-0.1'"),
+    (["--beta2", "nan"], "--beta2: expected a value in [0, 1), got 'nan'"),
+    (["--eps", "0"], "--eps: expected a positive number, got '0'"),
 ])
 def test_flags_a_kind_does_not_take_and_bad_adamw_flags(tmp_path, capsys, argv, match):
+    """A flag the kind does not take is refused by the command (status 1); a value outside the
+    flag's range by the parser (status 2, a usage error); both as the one line "error: ..."."""
     code, stdout, err = run(["train", *argv, "--out", str(tmp_path / "run"), "--no-progress"], capsys)
-    assert code == 1 and err.strip() == f"error: {match}" and not (tmp_path / "run").exists()
+    usage = "expected" in match
+    assert code == (2 if usage else 1) and err.strip() == f"error: {match}" and not (tmp_path / "run").exists()
 
 
 def test_adamw_flags_reach_the_optimiser(corpus, tmp_path, capsys):
@@ -355,7 +350,7 @@ def test_resume_with_arch_compares_only_the_presets_switches(corpus, tmp_path, c
 
 @pytest.mark.parametrize("argv, match", [
     (["--n-kv-head", "3"], "--n-kv-head: expected a divisor of n_head=4, got 3"),
-    (["--rope-theta", "nan"], "--rope-theta: expected a finite number > 1, got nan"),
+    (["--rope-theta", "nan"], "--rope-theta: expected a finite number > 1, got 'nan'"),
     (["--pos", "rope", "--n-head", "8", "--d-model", "8"], "--pos: 'rope' needs an even head size"),
     (["--arch", "llama", "--n-head", "8", "--d-model", "8"], "--arch llama (which sets pos='rope'): 'rope' needs an even"),
     (["--model", "bert", "--arch", "llama"], "--arch: does not apply to --model bert"),
@@ -404,7 +399,7 @@ def test_finetune_refuses_its_input_and_non_gpt_checkpoints(trained, reviews, tm
     gpt, _ = trained
     before = {p.name: p.read_bytes() for p in gpt.iterdir()}
     code, _, err = run(["finetune", str(gpt), str(reviews), "--out", str(gpt / ".." / gpt.name)], capsys)
-    assert code == 1 and err.startswith("error: --out: refusing to write the classifier over the input checkpoint")
+    assert code == 1 and err.startswith("error: --out: refusing to write over the input checkpoint")
     assert {p.name: p.read_bytes() for p in gpt.iterdir()} == before
     bert = tmp_path / "bert"
     assert main(train_argv("bert", tmp_path / "hamlet.txt", bert, "--max-steps", "1", "--sample-tokens", "0")) == 0
@@ -480,7 +475,7 @@ def test_resume_checks_the_new_flags(corpus, pairs_tsv, tmp_path, capsys):
         (["--beta1", "2"], "--beta1: expected a value in [0, 1)"),
     ]:
         code, _, err = run(["train", "--resume", "--out", str(out), *argv, "--no-progress"], capsys)
-        assert code == 1 and match in err, (argv, err)
+        assert code == (2 if "expected" in match else 1) and match in err, (argv, err)
     code, stdout, _ = run(["train", "--resume", "--out", str(out), "--n-layer", "1", "--label-smoothing", "0.1",
                            "--max-steps", "3", "--no-progress", "--sample-tokens", "0"], capsys)
     assert code == 0 and "resuming" in stdout and f"({pairs_tsv.resolve()}; seq2seq)" in stdout
@@ -532,5 +527,6 @@ def test_resume_of_a_checkpoint_without_tokenizer_or_with_a_bad_config(tmp_path,
 ])  # fmt: skip
 def test_bad_training_values_name_the_flag_before_anything_runs(corpus, tmp_path, capsys, flag, value, match):
     code, _, err = run(["train", str(corpus), *TINY, "--out", str(tmp_path / "r"), flag, value], capsys)
-    assert code == 1 and match in err and "Traceback" not in err, err
+    # a value out of the flag's own range is a usage error (2); min_lr above lr is found by the config (1)
+    assert code == (1 if flag == "--min-lr" else 2) and match in err and "Traceback" not in err, err
     assert not (tmp_path / "r").exists()  # nothing was written

@@ -126,7 +126,7 @@ def test_dpo_on_skills_reports_before_and_after(sft_run, tmp_path, capsys):
     (["sft", "skills", "--resume", "--out", "nowhere"], "nowhere: no such checkpoint directory"),
     (["chat", "--checkpoint", "nowhere"], "nowhere: no such checkpoint directory"),
     (["chat", "--checkpoint", "nowhere", "--temperature", "-1"], "--temperature: expected a number >= 0"),
-    (["dpo", "skills", "--from", "nowhere", "--out", "X", "--beta", "0"], "--beta: expected a positive number"),
+    (["dpo", "skills", "--from", "nowhere", "--out", "X", "--beta", "0"], "--beta: expected a number > 0"),
     (["dpo", "bad.jsonl", "--from", "nowhere", "--out", "X"], "bad.jsonl: no such file"),
     (["dpo", "p.jsonl", "--from", "nowhere", "--out", "X", "--rejected", "rule"], "--rejected: only for DATA 'skills'"),
     (["dpo", "skills", "--from", "nowhere", "--out", "X", "--stop-after", "2"], "--stop-after: dpo runs whole"),
@@ -135,7 +135,8 @@ def test_dpo_on_skills_reports_before_and_after(sft_run, tmp_path, capsys):
 def test_bad_input_is_one_clear_error(argv, match, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(argv, capsys)
-    assert code == 1 and match in err and "Traceback" not in err, err
+    usage = ": expected a" in match  # a value out of the flag's range: the parser's usage error
+    assert code == (2 if usage else 1) and match in err and "Traceback" not in err, err
 
 
 @pytest.fixture
@@ -207,15 +208,15 @@ def test_sft_from_a_checkpoint_with_lora_then_chat(small_gpt, tmp_path, capsys, 
     assert not (tmp_path / "x").exists()  # a refused run writes nothing
     # ... and a failed rerun into the directory of a good LoRA run leaves that run loadable
     code, _, err = run(["sft", "skills", "--from", str(small_gpt), "--lora-rank", "2", "--lora-targets", "bogus",
-                        "--n-train", "100", "--out", str(out)], capsys)  # fmt: skip
-    assert code == 1
+                        "--n-train", "100", "--out", str(out), "--overwrite"], capsys)  # fmt: skip
+    assert code == 1 and "--lora-targets" in err
     monkeypatch.setattr("sys.stdin", io.StringIO("What is 2 + 3?\n"))
     code, _, err = run(["chat", "--checkpoint", str(out), "--max-new-tokens", "4"], capsys)
     assert code == 0, err
     # a rerun of the same base reuses its directory (named by content): no second copy
     code, _, err = run(["sft", "skills", "--from", str(small_gpt), "--lora-rank", "4", "--n-train", "100",
                         "--max-steps", "1", "--batch-size", "2", "--eval-interval", "1", "--eval-iters", "1",
-                        "--no-progress", "--out", str(out)], capsys)  # fmt: skip
+                        "--no-progress", "--out", str(out), "--overwrite"], capsys)  # fmt: skip
     assert code == 0, err
     assert len(list(out.glob("base-*"))) == 1
     # train --resume does not continue an sft run; the --stop-after hint names sft

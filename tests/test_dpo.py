@@ -140,3 +140,28 @@ def test_with_model_mistakes_puts_the_models_wrong_answers_in_rejected(tok):
     assert triples[1] == (TRIPLES[0][0], "4", "5")  # where it is right, the rule's wrong answer stays
     with pytest.raises(ValueError, match="sft_weight"):
         DPO(GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, d_model=8)), sft_weight=-1)
+
+
+@pytest.mark.parametrize("sft_weight", [0.0, 1.0])
+def test_dpo_grad_accum_keeps_pairs_together_and_equals_one_batch(tok, sft_weight):
+    """PreferenceTask.micro_batches cuts pairs (chosen row i with rejected row B + i), so K
+    micro-batches train exactly as one batch (float64; the DPO loss is a mean over pairs, the SFT
+    term a mean over the whole batch's chosen tokens: each micro-batch divides its SFT sum by its
+    share of them, not by its own count)."""
+    from nanotransformer.train import TrainConfig, Trainer
+
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, d_model=16)
+    task = PreferenceTask({"train": TRIPLES, "val": TRIPLES}, tok, GPT(cfg, dtype=np.float64, seed=0))
+    x, y, ref = task.get_batch("train", 4, np.random.default_rng(0))
+    parts = task.micro_batches((x, y, ref), 2)
+    assert [n for _, n in parts] == [2, 2]
+    np.testing.assert_array_equal(parts[1][0][0], x[[2, 3, 6, 7]])
+    losses = []
+    for K in (1, 2):
+        policy = GPT(cfg, dtype=np.float64, seed=0)
+        cfg_k = TrainConfig(batch_size=4, max_steps=4, lr=3e-3, warmup=1, eval_interval=4, eval_iters=1, grad_accum=K)
+        tr = Trainer(DPO(policy, beta=0.1, sft_weight=sft_weight), task, cfg_k, progress=False)
+        tr.fit(log=False)
+        losses.append((np.array(tr.history["loss"]), policy.params.copy()))
+    np.testing.assert_allclose(losses[1][0], losses[0][0], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(losses[1][1], losses[0][1], rtol=0, atol=1e-12)

@@ -582,6 +582,27 @@ CASES.update({
 })
 
 
+from nanotransformer import distributed as _dist  # noqa: E402
+
+
+def _ring_reduce_scatter_only(arrays):
+    """The ring's first half alone: rank r ends with the whole sum of chunk (r + 1) mod N only."""
+    N = len(arrays)
+    bufs = [np.array(a, dtype=np.float64).reshape(-1) for a in arrays]
+    b = _dist.shard_bounds(bufs[0].size, N)
+    for s in range(N - 1):
+        sends = [(r - s) % N for r in range(N)]
+        payload = [bufs[r][b[c] : b[c + 1]].copy() for r, c in enumerate(sends)]
+        for r, c in enumerate(sends):
+            bufs[(r + 1) % N][b[c] : b[c + 1]] += payload[r]
+    return [x.reshape(np.shape(arrays[0])) for x in bufs]
+
+
+CASES.update({
+    "ring_allreduce": (_dist.ring_allreduce, _ring_reduce_scatter_only, "case '2 ranks, arrays of shape (6,)'\n  out[0]["),
+})
+
+
 # more typical mistakes, each reported at the tensor (and case) it breaks: name -> [(broken, where)]
 MORE_BROKEN = {
     "rmsnorm_backward": [(_rmsnorm_backward_layernorm_form, "dx["),

@@ -63,6 +63,7 @@ from . import (  # noqa: F401
     lora,
     making_it_fast,
     metrics,
+    scaling_out,
     tokenization,
 )
 from .checker import EXERCISES, RUNNERS, Wrong

@@ -89,6 +89,13 @@ def _use_cache_dir():
         warnings.warn(f"nanotransformer.kernels: cannot create the kernel cache directory {where} ({e}); "
                       f"set NUMBA_CACHE_DIR to a private directory", stacklevel=2)
         return
+    st = os.stat(where)
+    if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):  # it existed, and is not private
+        import tempfile
+
+        warnings.warn(f"nanotransformer.kernels: the kernel cache directory {where} is not private to this user "
+                      "(owner or permissions); caching in a temporary directory for this run instead", stacklevel=2)
+        where = Path(tempfile.mkdtemp(prefix="nanotransformer-numba-"))
     os.environ["NUMBA_CACHE_DIR"] = str(where)
     numba.config.CACHE_DIR = str(where)
 

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from numba import prange
 
-from ..validation import check_array, check_same_dtype
+from ..validation import check_array, check_number, check_same_dtype
 from .jit import kernel, run
 
 # Rows per parallel chunk-reduction (layer-norm dw/db): a fixed count, so sums are reproducible.
@@ -83,6 +83,7 @@ def layernorm_forward(x, w, b, eps=1e-5):
     C = x.shape[-1]
     check_array("w", w, shape=(C,))
     check_array("b", b, shape=(C,))
+    check_number("eps", eps, at_least=0)  # 0 is exact statistics; nan would make every output nan
     x2 = np.ascontiguousarray(x.reshape(-1, C))  # (N, C)
     N = x2.shape[0]
     out = np.empty_like(x2)

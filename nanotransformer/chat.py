@@ -114,7 +114,10 @@ def resize_vocab(model, vocab_size, seed=0):
     2021): each new token starts as a typical token of the old vocabulary, at its scale, and the
     new tokens differ from one another (identical rows, e.g. the plain mean, could never be told
     apart by a model whose embeddings stay frozen, as under LoRA). Every other parameter is copied."""
+    from .checkpoint import refuse_quantized
     from .model import GPT
+
+    refuse_quantized(model, "resized (resize the float model, then quantize it)")
 
     V = model.config.vocab_size
     if vocab_size < V:

@@ -147,6 +147,12 @@ def _tokenizer_from_json(obj, where):
         raise ValueError(f"{where}: the embedded tokenizer cannot be loaded ({e})") from None
 
 
+def refuse_quantized(model, what):
+    """ValueError when `model` is a `quantize.quantize_model` copy, which cannot be `what`."""
+    if getattr(model, "quantized", None):
+        raise ValueError(f"model: a quantized model ({model.quantized}) is inference-only and cannot be {what}")
+
+
 # ----------------------------------------------------------------------------- the directory lock
 
 LOCK = ".lock"
@@ -218,6 +224,7 @@ def save_checkpoint(path, model, *, tokenizer=None, step=0, optimizer=None, rng=
     or None. rng: the np.random.Generator whose state must be restored to resume exactly.
     meta: any JSON-able dict (train config, history, data source). Returns the sidecar's path.
     """
+    refuse_quantized(model, "saved (quantize after loading: quantize.quantize_model(load_checkpoint(dir).model))")
     with locked(path):
         return _save(Path(path), model, tokenizer, step, optimizer, rng, meta)
 

@@ -75,9 +75,11 @@ class LoRA(ParamStore):
     kind = "lora"
 
     def __init__(self, model, rank=8, alpha=None, targets=("attn", "mlp"), seed=0, *, base_checkpoint=None):
+        from .checkpoint import refuse_quantized
         from .finetuning import GPTClassifier
         from .model import GPT
 
+        refuse_quantized(model, "adapted (put the LoRA on the float model, then quantize its merge)")
         if not isinstance(model, (GPT, GPTClassifier)):
             raise ValueError(f"model: expected a model.GPT or a finetuning.GPTClassifier, got {type(model).__name__}")
         if not isinstance(rank, (int, np.integer)) or isinstance(rank, bool) or rank < 1:

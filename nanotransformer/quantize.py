@@ -78,7 +78,9 @@ def quantize_int8(w):
     if not np.isfinite(w).all():
         raise ValueError("w: expected finite weights, got inf or nan")
     amax = np.abs(w).max(axis=0)  # (C_out,) the column's range
-    scale = np.where(amax > 0, amax / QMAX, 1.0).astype(w.dtype)  # an all-zero column: any scale is exact
+    scale = (amax / QMAX).astype(w.dtype)
+    # an all-zero column (or one so small that amax / 127 underflows to 0): w_hat = 0, any scale is exact
+    scale = np.where(scale > 0, scale, w.dtype.type(1.0))
     # column-major (Fortran order): output channel j's C_in weights are contiguous, so the kernel
     # streams each output's weights as one run of bytes (`kernels.int8_linear`); q[k, j] means the same
     q = np.asfortranarray(np.clip(np.rint(w / scale), -QMAX, QMAX).astype(np.int8))
@@ -127,9 +129,11 @@ def quantize_model(model, kind="int8", head=True):
     """A frozen copy of GPT `model` whose linear weights are `Int8Weight`s (and, with head=True, whose
     LM head is an int8 copy of its head), running on `backend.quantized_ops(model.ops)`.
 
-    Everything else (embeddings, norms, biases) is shared with `model`, not copied: its flat
-    buffer is the same array. The copy is for inference (forward, generation); it has no
-    gradients. A LoRA is merged first (`lora.inference_model`).
+    Everything else (embeddings, norms, biases) is read from the copy's own flat buffer, a copy of
+    `model`'s taken now: training `model` afterwards does not reach the quantized copy (which
+    would otherwise mix new float parameters with old int8 weights). The copy is for inference
+    (forward, generation): it has no gradients, is not saved (`save_checkpoint` refuses it:
+    quantize after loading) and takes no LoRA. A LoRA is merged first (`lora.inference_model`).
     """
     from .backend import quantized_ops  # the backend imports this module
     from .lora import inference_model
@@ -140,8 +144,9 @@ def quantize_model(model, kind="int8", head=True):
         raise ValueError(f"model: expected a GPT (or a LoRA on one), got {type(model).__name__}")
     if getattr(model, "quantized", None):
         raise ValueError(f"model: already quantized ({model.quantized})")
-    qm = copy.copy(model)  # shares the flat buffer; the dict of views and the config are replaced below
-    qm.p = dict(model.p)
+    qm = copy.copy(model)  # the buffer, the dict of views and the config are replaced below
+    qm.params = model.params.copy()
+    qm.p = qm.views(qm.params)
     for name in linear_names(model):
         qm.p[name] = Int8Weight(*quantize_int8(model.p[name]))
     if head:

@@ -207,7 +207,7 @@ def test_quantized_model_backends_agree(rng):
 def test_quantized_model_shares_floats_and_is_inference_only(rng):
     m = _tiny()
     qm = Q.quantize_model(m)
-    assert isinstance(qm, GPT) and qm.quantized == "int8" and qm.params is m.params
+    assert isinstance(qm, GPT) and qm.quantized == "int8" and not np.shares_memory(qm.params, m.params)
     assert all(isinstance(qm.p[n], Q.Int8Weight) for n in Q.linear_names(m)) and len(Q.linear_names(m)) == 8
     assert isinstance(qm.p["lm_head.w"], Q.Int8Weight) and qm.p["lm_head.w"].shape == (40, 67)
     assert m.config.tie_embeddings and isinstance(m.p["h.0.mlp.c_fc.w"], np.ndarray)  # the float model untouched
@@ -323,3 +323,34 @@ def test_quantize_on_a_checkpoint_it_does_not_apply_to_is_refused(tmp_path, caps
     capsys.readouterr()
     assert main(["generate", "--checkpoint", str(out), "--prompt", "to _e", "--quantize", "int8"]) == 1
     assert "--quantize: does not apply to a bert checkpoint" in capsys.readouterr().err  # before: silently ignored
+
+
+def test_training_the_float_model_afterwards_does_not_reach_the_quantized_copy():
+    m = _tiny()
+    qm = Q.quantize_model(m)
+    ids = np.arange(12).reshape(2, 6) % m.config.vocab_size
+    before = qm.forward(ids)[0].copy()
+    m.forward(ids, ids)
+    m.backward()
+    m.params -= 0.05 * m.grads  # before: the embeddings and norms moved under the old int8 weights
+    np.testing.assert_array_equal(qm.forward(ids)[0], before)
+
+
+def test_a_quantized_model_is_refused_where_it_cannot_go(tmp_path):
+    from nanotransformer.chat import resize_vocab
+    from nanotransformer.checkpoint import save_checkpoint
+    from nanotransformer.lora import LoRA
+
+    qm = Q.quantize_model(_tiny())
+    for call in (lambda: save_checkpoint(tmp_path / "q", qm), lambda: LoRA(qm, rank=2),
+                 lambda: resize_vocab(qm, qm.config.vocab_size + 3)):
+        with pytest.raises(ValueError, match="^model: a quantized model"):
+            call()
+    assert not (tmp_path / "q").exists()  # refused before anything is written
+
+
+def test_a_column_too_small_for_its_scale_is_exact_zero():
+    w = np.full((5, 3), 1e-44, dtype=np.float32)  # amax / 127 underflows to 0 in float32
+    with np.errstate(divide="raise", invalid="raise"):  # before: w / 0, a RuntimeWarning, q = 127
+        q, s = Q.quantize_int8(w)
+    assert np.all(s > 0) and np.all(np.abs(w - Q.dequantize(q, s)) <= s / 2 + 1e-45)

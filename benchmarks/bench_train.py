@@ -92,11 +92,28 @@ def gen_tokens_per_s(cfg, backend, n_new=100):
 
 def torch_step_fn(cfg, ids, targets):
     import torch
+
+    model, opt = torch_gpt(cfg, LR, WD)
+    x, y = torch.from_numpy(ids), torch.from_numpy(targets)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        model(x, y).backward()
+        opt.step()
+
+    return step, torch.__version__
+
+
+def torch_gpt(cfg, lr, weight_decay, seed=0, decay_wpe=False):
+    """The PyTorch GPT of `cfg` (our GPT-2 architecture, tied head, dropout 0) and its AdamW (decay
+    on the 2-D weights only; the position table too with decay_wpe, as ours and nanoGPT do)
+    -> (model, optimizer); model(idx, targets) -> mean loss."""
+    import torch
     import torch.nn as nn
     import torch.nn.functional as F
 
     torch.set_num_threads(2)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     C, NH, T, V, L = cfg["d_model"], cfg["n_head"], cfg["block_size"], cfg["vocab_size"], cfg["n_layer"]
 
     class Block(nn.Module):
@@ -129,17 +146,11 @@ def torch_step_fn(cfg, ids, targets):
             return F.cross_entropy(logits.view(-1, V), tgt.view(-1), ignore_index=-100)
 
     model = TorchGPT()
-    decay = [p for p in model.parameters() if p.dim() == 2 and p is not model.wpe.weight]
-    no_decay = [p for p in model.parameters() if p.dim() < 2 or p is model.wpe.weight]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD}, {"params": no_decay, "weight_decay": 0.0}], lr=LR, betas=BETAS, eps=EPS)
-    x, y = torch.from_numpy(ids), torch.from_numpy(targets)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        model(x, y).backward()
-        opt.step()
-
-    return step, torch.__version__
+    decay = [p for p in model.parameters() if p.dim() == 2 and (decay_wpe or p is not model.wpe.weight)]
+    no_decay = [p for p in model.parameters() if not any(p is q for q in decay)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=BETAS, eps=EPS)
+    return model, opt
 
 
 def have_torch():

@@ -207,13 +207,12 @@ def locked(path):
 # ----------------------------------------------------------------------------- save
 
 
-def _remove_orphans(path, keep=()):
+def _remove_orphans(path):
     """Temporary files of saves that were killed before they finished (never a committed file)."""
     for p in (list(path.glob(".model-*.safetensors.tmp")) + list(path.glob(f".{SIDECAR}.*.tmp"))
               + list(path.glob(".loss.png.tmp"))):
-        if p.name not in keep:
-            with contextlib.suppress(OSError):
-                p.unlink()
+        with contextlib.suppress(OSError):
+            p.unlink()
 
 
 def save_checkpoint(path, model, *, tokenizer=None, step=0, optimizer=None, rng=None, meta=None):

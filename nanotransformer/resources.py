@@ -43,7 +43,6 @@ def human(n):
         if n < 1024 or unit == "EiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} EiB"
 
 
 def count_params(cls, config):
@@ -76,8 +75,6 @@ class ResourceError(ValueError):
 def _dims(config, classes=None):
     """(L, T, C, NH, V) of any model config (GPT, BERT, encoder-decoder; a classifier's GPT body,
     whose head has `classes` outputs instead of V)."""
-    if isinstance(config, dict):
-        config = type("Config", (), config.get("gpt", config))
     L = sum(getattr(config, f, 0) or 0 for f in LAYER_FIELDS)
     T = getattr(config, "block_size", None) or getattr(config, "max_len", 1)
     return L, T, config.d_model, config.n_head, classes or config.vocab_size

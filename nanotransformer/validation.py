@@ -29,13 +29,15 @@ def check_array(name, x, ndim=None, min_ndim=None, shape=None, floating=False):
 
 
 def check_number(name, value, above=None, *, at_least=None):
-    """A finite real number (int or float, not bool) greater than `above` (or at least `at_least`),
-    e.g. RoPE's theta > 1, a layer norm's eps >= 0."""
+    """A finite real number (int or float, not bool) greater than `above`, or at least `at_least`
+    (exactly one of the two), e.g. RoPE's theta > 1, a layer norm's eps >= 0."""
+    if (above is None) == (at_least is None):
+        raise TypeError("check_number: expected exactly one of above, at_least")
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    if above is not None and (not ok or not np.isfinite(value) or value <= above):
-        raise ValueError(f"{name}: expected a finite number > {above:g}, got {value!r}")
-    if at_least is not None and (not ok or not np.isfinite(value) or value < at_least):
-        raise ValueError(f"{name}: expected a finite number >= {at_least:g}, got {value!r}")
+    ok = ok and np.isfinite(value) and (value > above if above is not None else value >= at_least)
+    if not ok:
+        bound = f"> {above:g}" if above is not None else f">= {at_least:g}"
+        raise ValueError(f"{name}: expected a finite number {bound}, got {value!r}")
 
 
 def check_same_dtype(**arrays):

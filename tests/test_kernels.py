@@ -5,8 +5,8 @@ assert_allclose(rtol=1e-4, atol=1e-5). The kernels sum in a different order from
 SIMD lanes, per-chunk partial sums), so bit-equality is not expected, only rounding-level
 agreement.
 
-Shapes cover T = 1, odd T, head size 1, sizes that fill the matmul's 4 x 32 register tile and
-sizes that leave edges beside it, and (when compiled) sizes past its KC / NC cache blocks and
+Shapes cover T = 1, odd T, head size 1, sizes that fill the register tiles (the attention
+products' 4 x 32, the linear layers' packed 4 x 64) and sizes that leave edges beside them, and (when compiled) sizes past its KC / NC cache blocks and
 the attention's R-row query blocks. Run with NUMBA_DISABLE_JIT=1 to execute the same kernels as plain Python
 (for coverage); the large-shape cases are skipped there to keep the run short.
 """
@@ -294,6 +294,71 @@ def test_matmul(M, K_, N, dtype, rng):
 def test_matmul_512(rng):
     a, b = rng.standard_normal((512, 512)), rng.standard_normal((512, 515))
     assert_parity(K.matmul(a, b), a @ b, np.float64, "matmul 512")
+
+
+# M (rows of out) x K x Nc: one row (decoding), T = 1, the edges of the 4 x 64 register tile and of
+# the 256 x 256 packed block of B (KC, NC), and K = 0
+PACKED_SHAPES = [(1, 1, 1), (1, 16, 300), (3, 5, 63), (4, 64, 64), (5, 7, 65), (9, 20, 129), (130, 0, 70),
+                 pytest.param(67, 300, 130, marks=big), pytest.param(9, 257, 129, marks=big),
+                 pytest.param(260, 256, 257, marks=big), pytest.param(2, 513, 520, marks=big)]  # fmt: skip
+
+
+@pytest.mark.parametrize("M, K_, N", PACKED_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_product_every_layout(M, K_, N, dtype, rng, build):
+    """kernels.linear._product, the GEMM behind linear_forward/backward, against float64 NumPy:
+    A and B each C-ordered or a transposed view (dx = dout @ w.T and dw = x.T @ dout read them
+    so, and the tied head's wte.T), with and without a bias, overwriting or accumulating (`add`),
+    and the column sums of B (db) taken while B is packed. Up to ROWS rows it is the unpacked
+    few-row kernel (decoding), above it the packed one."""
+    from nanotransformer.kernels import linear as KL
+
+    for a_t in (False, True):
+        for b_t in (False, True):
+            # a scaled by 1/sqrt(K): out is O(1), the scale the float32 tolerance is stated for
+            a = _randn(rng, dtype, *((K_, M) if a_t else (M, K_)), scale=1 / math.sqrt(max(K_, 1)))
+            b = _randn(rng, dtype, *((N, K_) if b_t else (K_, N)))
+            A, B = (a.T if a_t else a), (b.T if b_t else b)
+            bias, before = _randn(rng, dtype, N), _randn(rng, dtype, M, N)
+            A64, B64 = A.astype(np.float64), B.astype(np.float64)
+            what = f"{M}x{K_}x{N} a_t={a_t} b_t={b_t}"
+            assert_parity(KL._product(A, B, bias=bias), (A64 @ B64 + bias).astype(dtype), dtype, what + " bias")
+            got = KL._product(A, B, out=before.copy(), add=True)
+            assert_parity(got, (before + A64 @ B64).astype(dtype), dtype, what + " add")
+            sums = np.zeros(N, dtype)
+            KL._product(A, B, colsum=sums)
+            assert_parity(sums, B64.sum(axis=0).astype(dtype), dtype, what + " colsum")
+    a = _randn(rng, dtype, M, K_, scale=1 / math.sqrt(max(K_, 1)))
+    strided = _randn(rng, dtype, K_, 2 * N)[:, ::2]  # neither C- nor F-ordered: copied once
+    want = (a.astype(np.float64) @ strided).astype(dtype)
+    assert_parity(KL._product(a, strided), want, dtype, f"{M}x{K_}x{N} strided B")
+
+
+@pytest.mark.skipif(JIT_OFF, reason="thread counts only exist compiled")
+def test_packed_product_same_bits_for_any_split(rng):
+    """Every element of out is one task's sequential sum, so the task grid (set from the thread
+    count) changes no bit of the result, nor of the fused column sums."""
+    from nanotransformer.kernels import linear as KL
+
+    a, b = _randn(rng, np.float32, 300, 600), _randn(rng, np.float32, 600, 333)
+    runs = []
+    for split in ((256, 256), (4, 64), (64, 128), (300, 384)):
+        sums = np.zeros(333, np.float32)
+        out = np.empty((300, 333), np.float32)
+        bp = np.empty((3, 6, KL.KC, KL.NR), np.float32)  # 600 = 2 KC + 88 rows, 333 = 5 NR + 13 columns
+        KL._pack_nb(bp, b, False, sums)
+        KL._gemm_nb(out, a, bp, np.empty(0, np.float32), False, False, *split)
+        runs.append((out, sums))
+    for out, sums in runs[1:]:
+        np.testing.assert_array_equal(out, runs[0][0])
+        np.testing.assert_array_equal(sums, runs[0][1])
+    numba.set_num_threads(1)  # the same with one thread running the whole grid
+    try:
+        np.testing.assert_array_equal(KL._product(a, b), runs[0][0])  # (300 rows: the packed kernel)
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert KL._split(2048, 1152, 2) == (256, 256) and KL._split(128, 65, 2) == (64, 64)
+    assert KL._split(1, 300, 2) == (4, 64)
 
 
 def test_transpose(rng):

@@ -273,14 +273,23 @@ KC = 256  # k block
 
 
 
-@intrinsic
-def _stack_alloc(typingctx, x):
-    """A pointer to MR * NR uninitialised numbers of x's type on the stack (an LLVM alloca)."""
+def _stack_alloc_of(n):
+    """An intrinsic f(x): a pointer to n uninitialised numbers of x's type on the stack (an LLVM
+    alloca), n fixed when the kernel is compiled."""
 
-    def codegen(context, builder, signature, args):
-        return cgutils.alloca_once(builder, context.get_value_type(x), size=context.get_constant(types.intp, MR * NR))
+    @intrinsic
+    def stack_alloc(typingctx, x):
+        def codegen(context, builder, signature, args):
+            return cgutils.alloca_once(builder, context.get_value_type(x), size=context.get_constant(types.intp, n))
 
-    return types.CPointer(x)(x), codegen
+        return types.CPointer(x)(x), codegen
+
+    return stack_alloc
+
+
+_stack_alloc = _stack_alloc_of(MR * NR)
+WIDE_NR = 64  # the packed product's register tile (kernels/linear.py): MR x 64
+_stack_alloc_wide = _stack_alloc_of(MR * WIDE_NR)
 
 
 def _acc_tile(x):
@@ -292,6 +301,17 @@ def _acc_tile(x):
 @overload(_acc_tile, jit_options=dict(fastmath=FASTMATH, error_model="numpy"))
 def _acc_tile_impl(x):
     return lambda x: numba.carray(_stack_alloc(x), (MR, NR))
+
+
+def tile_scratch(x):
+    """_acc_tile for the packed product's wider tile: a (MR, WIDE_NR) scratch array of x's dtype
+    (NumPy in Python, registers once compiled; see _acc_tile)."""
+    return np.empty((MR, WIDE_NR), dtype=np.asarray(x).dtype)
+
+
+@overload(tile_scratch, jit_options=dict(fastmath=FASTMATH, error_model="numpy"))
+def _tile_scratch_impl(x):
+    return lambda x: numba.carray(_stack_alloc_wide(x), (MR, WIDE_NR))
 
 
 @njit(**JIT)

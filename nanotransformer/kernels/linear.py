@@ -278,10 +278,11 @@ def _rows_nb(out, part, a, b, bias):
 
 
 def _split(M, Nc, threads):
-    """The task block (rows, cols) of an (M, Nc) product: at most 256 x 256 and no larger than out
-    (rounded up to whole tiles), halved, the longer side first and never below one tile, until
-    there are at least 2 tasks per thread. The result of every element is the same whatever the
-    split (module docstring, 4)."""
+    """The task block (rows, cols) of an (M, Nc) product: at most 256 x 256, halved (the longer
+    side first, never below one tile) until there are at least 2 tasks per thread, then evened
+    out so the blocks of a side are equal (384 rows: two blocks of 192, not 256 + 128, which left
+    one thread a third idle under the static schedule). Whole tiles (multiples of MR and NR).
+    The result of every element is the same whatever the split (module docstring, 4)."""
     def up(n, m):
         return max(m, -(-n // m) * m)
 
@@ -291,7 +292,7 @@ def _split(M, Nc, threads):
             cols = up(cols // 2, NR)
         else:
             rows = up(rows // 2, MR)
-    return rows, cols
+    return up(-(-M // -(-M // rows)), MR), up(-(-Nc // -(-Nc // cols)), NR)
 
 
 def _operand(m):

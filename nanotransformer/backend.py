@@ -9,11 +9,13 @@
 `ops` is a namespace of forward/backward pairs with the exact signatures of the NumPy
 reference (`ops.layernorm_forward(x, w, b) -> (out, cache)`, ...). A cache made by one backend is
 only ever passed back to the same backend's backward, which is why "auto" chooses per *pair*
-(linear_forward and linear_backward always come from the same backend).
+(linear_forward and linear_backward always come from the same backend; auto's linear pair picks
+by the number of rows, and its cache names the backend that ran the forward).
 
 Ops: linear, attention (scaled dot-product core on (B, NH, T, hs) tensors), layernorm, rmsnorm,
-rope, gelu, cross_entropy, adamw_update, int8_linear (forward only: `quantize.py`). `ops.name` is the backend's name and `ops.choices` says, per op
-pair, which backend runs it.
+rope, gelu, cross_entropy, adamw_update, int8_linear (forward only: `quantize.py`). `ops.name` is
+the backend's name and `ops.choices` says, per op pair, which backend runs it; in "auto",
+`ops.few_rows` names the backend of a linear product of at most FEW_ROWS rows (decoding).
 
 Memory: the first `get_ops` call also asks glibc's malloc (Linux) to keep freed memory instead of
 handing it back to the OS between training steps (`keep_freed_memory`). Every step allocates and
@@ -26,7 +28,8 @@ LoRA: `lora_ops(ops)` is `ops` with a linear pair that also runs a `layers.LoRAW
 int8: `quantized_ops(ops)` the same for a `quantize.Int8Weight`.
 
 Does not: time anything at import or at run time. "auto" is a fixed table, decided from the
-project's own benchmark (`benchmarks/bench_kernels.py`) and recorded below with its figures.
+project's own benchmarks (`benchmarks/bench_kernels.py`, `bench_train.py`) and recorded below with
+its figures; its one size rule (FEW_ROWS) is fixed too.
 """
 import os
 import sys
@@ -64,12 +67,22 @@ OP_PAIRS = {
 
 # The "auto" default, per op pair: the faster backend in `python benchmarks/bench_kernels.py`
 # (forward + backward at the shapes of the tiny/small/bpe training configs, float32, 2 threads,
-# summed over the three configs). Figures, the runs behind them and the caveats (timings on a
-# shared box swing with load): benchmarks/README.md, "Kernels and training speed".
+# summed over the three configs); for the linear layers, where the op alone and whole steps
+# disagree, whole training steps (`benchmarks/bench_train.py`) decide. Figures, the runs behind
+# them and the caveats (timings on a shared box swing with load): benchmarks/README.md, "Kernels
+# and training speed" and "The packed matmul".
 #   op pair        auto    numpy time / numba time (tiny, small, bpe)
-#   linear         numpy   0.80, 0.68, 0.68  our tiled matmul reaches 46-93 % of OpenBLAS's sgemm
-#                                            (81 % at 512^3), and the linear pair also copies w^T
-#                                            for dx: BLAS stays ahead
+#   linear         numba   whole training steps, bench_train.py, 3 runs, all-Numba step time / auto
+#                          (BLAS linear) step time summed over the three configs: 0.94, 0.94, 1.03;
+#                          against PyTorch the all-Numba backend meets every target there (median
+#                          1.38x, 1.18x, 1.33x) and BLAS-linear auto misses bpe (1.12x). The op
+#                          alone (bench_kernels) is 0.83, 0.94, 1.00: the packed GEMM is level with
+#                          OpenBLAS's sgemm at the large shapes (92-108 %), behind at the small ones
+#                          (74 % at 1024x128x384), and a whole step gains the hand-over (no BLAS
+#                          threads spinning beside the Numba kernels). benchmarks/README.md, "The
+#                          packed matmul".
+#     (<= 8 rows)  numpy   decoding a token: BLAS's matrix-vector product beats ours (KV-cache
+#                          generation, tokens/s, all-Numba / auto: 0.26, 0.48, 0.40): AUTO_FEW_ROWS
 #   attention      numba   1.41, 2.20, 1.63  fused, causal-aware, no T x T matrix
 #   layernorm      numba   2.13, 8.04, 3.55
 #   rmsnorm        numba   1.75, 5.30, 2.44  (median of 3 runs, load 0.4-1.5; README "RMSNorm and RoPE")
@@ -81,7 +94,7 @@ OP_PAIRS = {
 #                          124M, `benchmarks/bench_decode.py` (README "Decoding"); the twin casts q
 #                          to a float copy per call
 AUTO = {
-    "linear": "numpy",
+    "linear": "numba",
     "attention": "numba",
     "layernorm": "numba",
     "rmsnorm": "numba",
@@ -91,6 +104,12 @@ AUTO = {
     "adamw_update": "numba",
     "int8_linear": "numba",
 }
+
+# Op pairs whose products of at most FEW_ROWS rows (decoding one token, or a few beams) run on
+# another backend than AUTO names: the figures are in the linear row above. The cache of each
+# call remembers which backend made it, so the backward always comes from the same one.
+FEW_ROWS = 8
+AUTO_FEW_ROWS = {"linear": "numpy"}
 
 # Where each op's NumPy reference lives; its Numba kernel has the same name in `kernels`.
 REFERENCE_MODULES = {
@@ -117,13 +136,35 @@ def _numba_ops():
 
 
 def _auto_ops():
-    """Per op pair, the namespace of the backend named in AUTO."""
-    ops = {"name": "auto", "choices": dict(AUTO)}
+    """Per op pair, the namespace of the backend named in AUTO (and for the linear pair, the
+    AUTO_FEW_ROWS backend's on products of at most FEW_ROWS rows: `_linear_by_rows`)."""
+    ops = {"name": "auto", "choices": dict(AUTO), "few_rows": dict(AUTO_FEW_ROWS)}
     for pair, names in OP_PAIRS.items():
         source = get_ops(AUTO[pair])
         for op in names:
             ops[op] = getattr(source, op)
+    if "linear" in AUTO_FEW_ROWS:
+        ops["linear_forward"], ops["linear_backward"] = _linear_by_rows(get_ops(AUTO_FEW_ROWS["linear"]),
+                                                                        get_ops(AUTO["linear"]))
     return SimpleNamespace(**ops)
+
+
+def _linear_by_rows(few, many):
+    """A linear pair that runs `few`'s on x with at most FEW_ROWS rows (the product of x's leading
+    dimensions) and `many`'s otherwise; the cache keeps the backend that made it for the backward."""
+
+    def linear_forward(x, w, b=None):
+        src = few if x.size <= FEW_ROWS * x.shape[-1] else many
+        out, cache = src.linear_forward(x, w, b)
+        return out, (src, cache)
+
+    def linear_backward(dout, cache):
+        src, c = cache
+        return src.linear_backward(dout, c)
+
+    linear_forward.__doc__ = f"linear_forward of {few.name} up to {FEW_ROWS} rows, of {many.name} above"
+    linear_backward.__doc__ = "linear_backward of the backend that ran the forward"
+    return linear_forward, linear_backward
 
 
 def resolve_backend(name=None):

@@ -1,7 +1,9 @@
 """Numba kernels for the hot loop, one module per op, each the fast twin of one NumPy reference:
 
     module            kernels                                NumPy twin
-    linear.py         _matmul_nb, _transpose_nb              layers.linear_{forward,backward}
+    linear.py         _pack_nb, _gemm_nb (packed GEMM),      layers.linear_{forward,backward}
+                      _rows_nb, _dots_nb (few rows),
+                      _transpose_nb
     attention.py      _attention_{forward,backward}_nb       attention.attention_{forward,backward}
     layernorm.py      _layernorm_{forward,backward}_nb       layers.layernorm_{forward,backward}
     rmsnorm.py        _rmsnorm_{forward,backward}_nb         layers.rmsnorm_{forward,backward}
@@ -14,7 +16,7 @@
                       _merge_pair_nb
                       _encode_chunks_nb                      bpe.encode_chunk_reference
     jit.py            no op: what the float kernels share (compile options, the threaded and
-                      serial builds, exp/tanh, the register-tile product gemm_nb, thread setup)
+                      serial builds, exp/tanh, the register-tile product gemm_nb of attention, thread setup)
 
 Each op module has a public wrapper with its twin's signature, so `backend.get_ops("numba")` is a
 drop-in replacement: `linear_forward(x, w, b) -> (out, cache)`, `linear_backward(dout, cache) ->

@@ -6,8 +6,9 @@
 - `exp`, `tanh`: scalar exp and tanh for use inside kernels: NumPy-accurate libm calls in float64,
   vectorisable polynomial versions in float32 (libm's are scalar calls that block SIMD; this
   Numba has no SVML). `row_max`: the max of a row, four comparisons in flight.
-- `gemm_nb`: the blocked matrix product on a 4 x 32 register tile (`MR` x `NR`), which
-  `linear.py` threads over blocks of the output and `attention.py` runs per (batch, head);
+- `gemm_nb`: the blocked matrix product on a 4 x 32 register tile (`MR` x `NR`) with its operands
+  read in place, which `attention.py` runs per (batch, head); `tile_scratch`: the 4 x 64
+  register tile of the linear layers' packed product (`linear.py`, `WIDE_NR`);
   `transpose_block`: a small tiled transpose inside a kernel (`TB`).
 - Thread pool setup (`OMP_WAIT_POLICY`) and `num_threads`.
 - `cache_depends_on_this_file`: ties the on-disk cache of every kernel to this file's contents
@@ -265,8 +266,8 @@ def row_max(row, n):
 #    non-negative, like j + c, turns SIMD loads into gathers: 10x slower).
 # 2. Cache blocks: a k-block of KC rows of b's 32-column strip (KC x 32 x 4 B = 32 KB) stays in
 #    L1 while the 4-row tiles of a task's rows sweep over it.
-# 3. Threads: `matmul._matmul_nb` runs `gemm_nb` on (MC rows) x (NC columns) blocks of out in
-#    parallel; `attention.py` runs it serially inside each (batch, head).
+# 3. Threads: `attention.py` runs it serially inside each (batch, head). (The linear layers'
+#    product packs b into panels first and keeps a wider 4 x 64 tile: `linear.py`.)
 
 MR, NR = 4, 32  # register tile: rows x columns of out per micro-kernel call
 KC = 256  # k block

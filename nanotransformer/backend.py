@@ -35,6 +35,8 @@ import os
 import sys
 from types import SimpleNamespace
 
+import numpy as np
+
 from . import attention, layers, optim, quantize
 
 BACKENDS = ("numpy", "numba")
@@ -81,8 +83,10 @@ OP_PAIRS = {
 #                          (74 % at 1024x128x384), and a whole step gains the hand-over (no BLAS
 #                          threads spinning beside the Numba kernels). benchmarks/README.md, "The
 #                          packed matmul".
-#     (<= 8 rows)  numpy   decoding a token: BLAS's matrix-vector product beats ours (KV-cache
-#                          generation, tokens/s, all-Numba / auto: 0.26, 0.48, 0.40): AUTO_FEW_ROWS
+#     (<= 8 rows)  numpy   decoding a token: BLAS's matrix-vector product beats ours on the block's
+#                          matrices (KV-cache generation, tokens/s, all-Numba / auto: 0.26, 0.48,
+#                          0.40); ours is faster on the transposed tied head alone (GPT-2's:
+#                          4.8-5.3 vs 6.8-7.0 ms), not routed there: one rule, by rows (AUTO_FEW_ROWS)
 #   attention      numba   1.41, 2.20, 1.63  fused, causal-aware, no T x T matrix
 #   layernorm      numba   2.13, 8.04, 3.55
 #   rmsnorm        numba   1.75, 5.30, 2.44  (median of 3 runs, load 0.4-1.5; README "RMSNorm and RoPE")
@@ -154,7 +158,8 @@ def _linear_by_rows(few, many):
     dimensions) and `many`'s otherwise; the cache keeps the backend that made it for the backward."""
 
     def linear_forward(x, w, b=None):
-        src = few if x.size <= FEW_ROWS * x.shape[-1] else many
+        # (anything that is not an array with a last axis goes to `many`, whose checks name it)
+        src = few if isinstance(x, np.ndarray) and x.ndim and x.size <= FEW_ROWS * x.shape[-1] else many
         out, cache = src.linear_forward(x, w, b)
         return out, (src, cache)
 

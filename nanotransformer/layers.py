@@ -36,7 +36,7 @@ def linear_forward(x, w, b=None):
         check_array("b", b, shape=(w.shape[1],))
     # One (N, C_in) @ (C_in, C_out) product over all N = B * T rows: a (B, T, C_in) @ w matmul
     # is B separate (T, C_in) products to NumPy, 1.2-2.2x slower here (bench_kernels, "linear").
-    x2 = x.reshape(-1, x.shape[-1])  # (N, C_in)
+    x2 = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (N, C_in); N spelled out: -1 is ambiguous if C_in = 0
     out = x2 @ w
     if b is not None:
         out += b
@@ -46,8 +46,9 @@ def linear_forward(x, w, b=None):
 def linear_backward(dout, cache):
     """dout: (..., C_out) -> dx: (..., C_in), dw: (C_in, C_out), db: (C_out,) or None"""
     x, w, has_bias = cache
-    x2 = x.reshape(-1, x.shape[-1])  # (N, C_in), N = product of leading dims
-    d2 = dout.reshape(-1, dout.shape[-1])  # (N, C_out)
+    N = math.prod(x.shape[:-1])  # product of the leading dims
+    x2 = x.reshape(N, x.shape[-1])  # (N, C_in)
+    d2 = dout.reshape(N, dout.shape[-1])  # (N, C_out)
     # forward was: out = x @ w + b   ->  dx = dout @ w^T, dw = x^T @ dout, db = sum(dout)
     dx = (d2 @ w.T).reshape(x.shape)
     dw = x2.T @ d2

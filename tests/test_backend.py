@@ -81,6 +81,16 @@ def test_auto_linear_by_rows(rows, rng):
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
 
 
+def test_auto_linear_bad_input_names_the_argument(rng):
+    """auto's row rule looks at x before any check: what is not an array still gets the wrappers'
+    one error naming x, not an AttributeError from the rule."""
+    w = rng.standard_normal((1, 3))
+    with pytest.raises((TypeError, ValueError), match="x"):
+        get_ops("auto").linear_forward([[1.0]], w)
+    with pytest.raises((TypeError, ValueError), match="x"):
+        get_ops("auto").linear_forward(np.float64(1.0), w)
+
+
 def test_numpy_namespace_is_the_reference():
     from nanotransformer import attention, layers, optim
 

@@ -146,7 +146,7 @@ CASES = {
     "linear_tiles": _linear(2, 3, 5, 70),  # 6 x 70: whole 4 x 32 tiles plus a row and a column edge
     "linear_nobias": _linear(1, 3, 5, 6, bias=False),
     "linear_1x1": _linear(1, 1, 1, 1),
-    "linear_decode": _linear(1, 1, 16, 300),  # one row, more than one NC column block
+    "linear_decode": _linear(1, 1, 16, 300),  # one row (the few-row kernel), more than one 256-column task
     "layernorm_T1": _layernorm(2, 1, 8),
     "layernorm_odd": _layernorm(3, 5, 7),
     "layernorm_C1": _layernorm(4, 1),  # one channel: var = 0, xhat = 0
@@ -182,7 +182,7 @@ CASES = {
     "attention_tiles": _attention(1, 1, 37, 37, 32),  # head size one 32-wide tile; Tk past one tile
 }
 BIG_CASES = {
-    # past the matmul's KC = 256 and NC = 128 blocks and not a multiple of anything
+    # past the packed matmul's KC = 256 k block and its 256 x 256 tasks, and not a multiple of anything
     "linear_blocked": _linear(1, 37, 600, 133),
     "attention_T256": _attention(1, 2, 256, 256, 16),
     "attention_kvcache_long": _attention(1, 1, 67, 200, 8),
@@ -334,6 +334,19 @@ def test_product_every_layout(M, K_, N, dtype, rng, build):
     assert_parity(KL._product(a, strided), want, dtype, f"{M}x{K_}x{N} strided B")
 
 
+@pytest.mark.parametrize("rows, C_in, C_out", [(20, 4, 0), (0, 4, 5), (20, 0, 5), (3, 0, 5)])
+def test_linear_empty_shapes(rows, C_in, C_out, rng):
+    """A linear with no rows, no inputs or no outputs gives what the NumPy twin gives (empty
+    arrays, out = bias, db = the sums of dout), through the packed and the few-row paths alike."""
+    x, w, b = rng.standard_normal((rows, C_in)), rng.standard_normal((C_in, C_out)), rng.standard_normal(C_out)
+    out, cache = K.linear_forward(x, w, b)
+    ref, ref_cache = L.linear_forward(x, w, b)
+    assert_parity(out, ref, np.float64, "out")
+    dout = rng.standard_normal(out.shape)
+    for got, want, name in zip(K.linear_backward(dout, cache), L.linear_backward(dout, ref_cache), ("dx", "dw", "db")):
+        assert_parity(got, want, np.float64, name)
+
+
 @pytest.mark.skipif(JIT_OFF, reason="thread counts only exist compiled")
 def test_packed_product_same_bits_for_any_split(rng):
     """Every element of out is one task's sequential sum, so the task grid (set from the thread
@@ -352,11 +365,12 @@ def test_packed_product_same_bits_for_any_split(rng):
     for out, sums in runs[1:]:
         np.testing.assert_array_equal(out, runs[0][0])
         np.testing.assert_array_equal(sums, runs[0][1])
+    threads = numba.get_num_threads()
     numba.set_num_threads(1)  # the same with one thread running the whole grid
     try:
         np.testing.assert_array_equal(KL._product(a, b), runs[0][0])  # (300 rows: the packed kernel)
     finally:
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        numba.set_num_threads(threads)
     assert KL._split(2048, 1152, 2) == (256, 256) and KL._split(128, 65, 2) == (64, 64)
     assert KL._split(1, 300, 2) == (4, 64)
 

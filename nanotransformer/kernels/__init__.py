@@ -33,7 +33,8 @@ Dimension legend (each module repeats its own): N rows (B * T flattened), C chan
 linear sizes, V vocab, M x K @ K x N for a bare matmul, BH = B * NH (batch, heads), Tq/Tk queries
 and keys, hs head size.
 
-Parallelism: `prange` splits only an axis whose writes never overlap (rows of the output);
+Parallelism: `prange` splits only work whose writes never overlap (rows of the output, or the
+packed matmul's 2-D grid of output blocks);
 reductions across rows (dW, db of layer norm) give each chunk of rows its own partial sum and add
 the partials afterwards. Chunks are a fixed number, not the thread count, so results do not
 depend on how many threads ran them. Each float kernel is compiled twice from one source

@@ -37,6 +37,8 @@ are zero-padded: a V = 65 head computes 128 columns), or split the k axis of a p
 threads (every element of out is one task's sequential sum, so results do not depend on the
 thread count; the few-row kernels cut k into a fixed number of chunks for the same reason).
 """
+import math
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -315,6 +317,10 @@ def _product(A, B, *, bias=None, out=None, add=False, colsum=None):
         out = np.empty((M, Nc), dtype=a.dtype)
     empty = np.empty(0, a.dtype)
     bias = empty if bias is None else np.ascontiguousarray(bias)
+    if out.size == 0:  # no rows or no columns: nothing to tile (B's column sums may still be wanted)
+        if colsum is not None:
+            colsum += B.sum(axis=0)
+        return out
     if M <= ROWS and not add and colsum is None:
         if b_t:
             run(_dots_nb, M * Nc * max(K, 1), out, np.ascontiguousarray(A), b, bias)
@@ -375,7 +381,7 @@ def linear_forward(x, w, b=None):
     check_array("x", x, min_ndim=1, shape=x.shape[:-1] + (w.shape[0],))
     if b is not None:
         check_array("b", b, shape=(w.shape[1],))
-    x2 = np.ascontiguousarray(x.reshape(-1, w.shape[0]))  # (N, C_in)
+    x2 = np.ascontiguousarray(x.reshape(math.prod(x.shape[:-1]), w.shape[0]))  # (N, C_in); -1 is ambiguous if C_in = 0
     out = _product(x2, w, bias=b)  # (N, C_out), the bias added in the product's epilogue
     return out.reshape(x.shape[:-1] + (w.shape[1],)), (x2, w, b is not None, x.shape[:-1])
 
@@ -385,7 +391,7 @@ def linear_backward(dout, cache):
     (C_out,) or None"""
     x2, w, has_bias, lead = cache
     C_in, C_out = w.shape
-    d2 = np.ascontiguousarray(dout.reshape(-1, C_out))  # (N, C_out)
+    d2 = np.ascontiguousarray(dout.reshape(len(x2), C_out))  # (N, C_out)
     # forward was: out = x @ w + b  ->  dx = dout @ w.T (w read transposed while packed),
     # dw = x.T @ dout (x read transposed in place), db = sum of dout's rows (while dout is packed)
     dx = _product(d2, w.T)

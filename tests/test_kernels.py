@@ -375,11 +375,6 @@ def test_packed_product_same_bits_for_any_split(rng):
     assert KL._split(1, 300, 2) == (4, 64)
 
 
-def test_transpose(rng):
-    a = rng.standard_normal((37, 70))
-    np.testing.assert_array_equal(K.transpose(a), a.T)
-
-
 @numba.njit
 def _exp_tanh_f32(x):
     e = np.empty_like(x)

@@ -2,8 +2,7 @@
 
     module            kernels                                NumPy twin
     linear.py         _pack_nb, _gemm_nb (packed GEMM),      layers.linear_{forward,backward}
-                      _rows_nb, _dots_nb (few rows),
-                      _transpose_nb
+                      _rows_nb, _dots_nb (few rows)
     attention.py      _attention_{forward,backward}_nb       attention.attention_{forward,backward}
     layernorm.py      _layernorm_{forward,backward}_nb       layers.layernorm_{forward,backward}
     rmsnorm.py        _rmsnorm_{forward,backward}_nb         layers.rmsnorm_{forward,backward}
@@ -78,7 +77,7 @@ from .gelu import gelu_backward, gelu_forward  # noqa: E402
 from .int8_linear import int8_linear_forward  # noqa: E402
 from .jit import FASTMATH, num_threads  # noqa: E402
 from .layernorm import layernorm_backward, layernorm_forward  # noqa: E402
-from .linear import linear_backward, linear_forward, matmul, transpose  # noqa: E402
+from .linear import linear_backward, linear_forward, matmul  # noqa: E402
 from .rmsnorm import rmsnorm_backward, rmsnorm_forward  # noqa: E402
 from .rope import rope_backward, rope_forward  # noqa: E402
 
@@ -86,5 +85,5 @@ __all__ = [
     "FASTMATH", "PairTable", "adamw_update", "attention_backward", "attention_forward", "cross_entropy_backward",
     "cross_entropy_forward", "encode_chunks", "gelu_backward", "gelu_forward", "int8_linear_forward", "layernorm_backward",
     "layernorm_forward", "linear_backward", "linear_forward", "matmul", "num_threads", "rmsnorm_backward",
-    "rmsnorm_forward", "rope_backward", "rope_forward", "train_fast", "transpose",
+    "rmsnorm_forward", "rope_backward", "rope_forward", "train_fast",
 ]  # fmt: skip

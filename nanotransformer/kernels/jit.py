@@ -288,31 +288,25 @@ def _stack_alloc_of(n):
     return stack_alloc
 
 
-_stack_alloc = _stack_alloc_of(MR * NR)
+def _scratch_tile_of(cols):
+    """A function f(x): an (MR, cols) scratch array of x's dtype. In Python (NUMBA_DISABLE_JIT=1)
+    a NumPy array; compiled, a view of stack memory (`_stack_alloc_of`), which LLVM can keep in
+    registers."""
+    alloc = _stack_alloc_of(MR * cols)
+
+    def scratch_tile(x):
+        return np.empty((MR, cols), dtype=np.asarray(x).dtype)
+
+    @overload(scratch_tile, jit_options=dict(fastmath=FASTMATH, error_model="numpy"))
+    def _impl(x):
+        return lambda x: numba.carray(alloc(x), (MR, cols))
+
+    return scratch_tile
+
+
+_acc_tile = _scratch_tile_of(NR)  # gemm_nb's 4 x 32 tile
 WIDE_NR = 64  # the packed product's register tile (kernels/linear.py): MR x 64
-_stack_alloc_wide = _stack_alloc_of(MR * WIDE_NR)
-
-
-def _acc_tile(x):
-    """A (MR, NR) scratch array of x's dtype. In Python (NUMBA_DISABLE_JIT=1) a NumPy array;
-    compiled, a view of stack memory (see _acc_tile_impl), which LLVM can keep in registers."""
-    return np.empty((MR, NR), dtype=np.asarray(x).dtype)
-
-
-@overload(_acc_tile, jit_options=dict(fastmath=FASTMATH, error_model="numpy"))
-def _acc_tile_impl(x):
-    return lambda x: numba.carray(_stack_alloc(x), (MR, NR))
-
-
-def tile_scratch(x):
-    """_acc_tile for the packed product's wider tile: a (MR, WIDE_NR) scratch array of x's dtype
-    (NumPy in Python, registers once compiled; see _acc_tile)."""
-    return np.empty((MR, WIDE_NR), dtype=np.asarray(x).dtype)
-
-
-@overload(tile_scratch, jit_options=dict(fastmath=FASTMATH, error_model="numpy"))
-def _tile_scratch_impl(x):
-    return lambda x: numba.carray(_stack_alloc_wide(x), (MR, WIDE_NR))
+tile_scratch = _scratch_tile_of(WIDE_NR)
 
 
 @njit(**JIT)
@@ -409,7 +403,7 @@ def gemm_nb(out, a, b, i0, i1, j0, j1, kk, add, a_t):
 @njit(**JIT)
 def transpose_block(out, a, m, n):
     """out[:n, :m] = a[:m, :n].T, serially (small blocks inside a kernel)."""
-    for i0 in range(0, m, TB):  # TB x TB tiles, as in matmul._transpose_nb
+    for i0 in range(0, m, TB):  # TB x TB tiles: a tile's reads and writes stay in L1
         for j in range(n):
             row = out[j]
             for i in range(i0, min(i0 + TB, m)):

@@ -1,5 +1,5 @@
 """Numba matmul: the kernel behind `layers.linear_forward` / `layers.linear_backward`, plus the
-bare `matmul` and `transpose` the benchmarks and tests call.
+bare `matmul` the benchmarks and tests call.
 
 Dimension legend: N rows (B * T flattened), C_in/C_out linear sizes; out = A @ B with A (M, K)
 and B (K, Nc) for the product itself (Nc: columns of out).
@@ -44,7 +44,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..validation import check_array, check_same_dtype
-from .jit import JIT, MR, TB, kernel, run, tile_scratch
+from .jit import JIT, MR, kernel, run, tile_scratch
 from .jit import WIDE_NR as NR  # register tile: MR x NR = 4 x 64 (16 zmm registers of float32 sums)
 
 KC = 256  # k block: a packed panel of B is KC x NR (64 KB of float32, in L2)
@@ -338,36 +338,12 @@ def _product(A, B, *, bias=None, out=None, add=False, colsum=None):
     return out
 
 
-@kernel
-def _transpose_nb(out, a):
-    """out = a.T, copied in TB x TB tiles: reading a row of a tile and writing a column of it
-    both touch only the tile's 32 cache lines, instead of one cache line per element.
-
-    out: (N, M), a: (M, N)
-    """
-    M, N = a.shape
-    for tj in prange((N + TB - 1) // TB):  # tile column tj owns out[32tj:32tj+32]: no overlap
-        j0 = tj * TB
-        j1 = min(j0 + TB, N)
-        for i0 in range(0, M, TB):
-            for i in range(i0, min(i0 + TB, M)):
-                for j in range(j0, j1):
-                    out[j, i] = a[i, j]
-
-
 def matmul(a, b):
     """a: (M, K) @ b: (K, N) -> (M, N) with the packed Numba kernel (for benchmarks and tests)."""
     check_same_dtype(a=a, b=b)
     check_array("a", a, ndim=2)
     check_array("b", b, shape=(a.shape[1], None))
     return _product(a, b)
-
-
-def transpose(a):
-    """A C-contiguous copy of a 2-D array's transpose (tiled Numba copy)."""
-    out = np.empty((a.shape[1], a.shape[0]), dtype=a.dtype)
-    run(_transpose_nb, a.size, out, np.ascontiguousarray(a))
-    return out
 
 
 def linear_forward(x, w, b=None):

@@ -61,6 +61,11 @@ if ARGS is not None:
 
 import numpy as np  # noqa: E402
 
+try:  # PyTorch before our kernels: its OpenMP runtime then starts with the environment this process
+    import torch  # noqa: F401, E402  was given, not with the GOMP_SPINCOUNT kernels/jit.py sets for Numba's
+except ImportError:
+    pass
+
 from bench_tokenizer import best_of  # noqa: E402
 from nanotransformer.generation import generate_ids  # noqa: E402
 from nanotransformer.model import GPT, GPTConfig  # noqa: E402

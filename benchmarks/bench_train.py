@@ -31,7 +31,12 @@ import time
 
 import numpy as np
 
-from nanotransformer.backend import FEW_ROWS, get_ops
+try:  # PyTorch before our kernels: its OpenMP runtime then starts with the environment this process
+    import torch  # noqa: F401  was given, not with the GOMP_SPINCOUNT kernels/jit.py sets for Numba's
+except ImportError:
+    pass
+
+from nanotransformer.backend import get_ops
 from nanotransformer.generation import generate_ids
 from nanotransformer.model import GPT, GPTConfig
 from nanotransformer.optim import AdamW
@@ -205,7 +210,8 @@ def main(argv=None):
     use_torch = not args.no_torch and have_torch()
     peak = sgemm_peak()
     print(f"# bench_train: sgemm peak {peak:.1f} GFLOP/s (np.matmul 2048^3 float32), load average "
-          f"{os.getloadavg()[0]:.1f}; auto = {get_ops('auto').choices}, up to {FEW_ROWS} rows {get_ops('auto').few_rows}")
+          f"{os.getloadavg()[0]:.1f}; auto = {get_ops('auto').choices}; threads wait with "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}")
     if not use_torch:
         print("# PyTorch not installed (or --no-torch): its column is skipped")
     cols = backends + (["torch"] if use_torch else [])

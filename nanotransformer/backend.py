@@ -9,13 +9,11 @@
 `ops` is a namespace of forward/backward pairs with the exact signatures of the NumPy
 reference (`ops.layernorm_forward(x, w, b) -> (out, cache)`, ...). A cache made by one backend is
 only ever passed back to the same backend's backward, which is why "auto" chooses per *pair*
-(linear_forward and linear_backward always come from the same backend; auto's linear pair picks
-by the number of rows, and its cache names the backend that ran the forward).
+(linear_forward and linear_backward always come from the same backend).
 
 Ops: linear, attention (scaled dot-product core on (B, NH, T, hs) tensors), layernorm, rmsnorm,
 rope, gelu, cross_entropy, adamw_update, int8_linear (forward only: `quantize.py`). `ops.name` is
-the backend's name and `ops.choices` says, per op pair, which backend runs it; in "auto",
-`ops.few_rows` names the backend of a linear product of at most FEW_ROWS rows (decoding).
+the backend's name and `ops.choices` says, per op pair, which backend runs it.
 
 Memory: the first `get_ops` call also asks glibc's malloc (Linux) to keep freed memory instead of
 handing it back to the OS between training steps (`keep_freed_memory`). Every step allocates and
@@ -29,13 +27,12 @@ int8: `quantized_ops(ops)` the same for a `quantize.Int8Weight`.
 
 Does not: time anything at import or at run time. "auto" is a fixed table, decided from the
 project's own benchmarks (`benchmarks/bench_kernels.py`, `bench_train.py`) and recorded below with
-its figures; its one size rule (FEW_ROWS) is fixed too.
+its figures.
 """
 import os
 import sys
 from types import SimpleNamespace
 
-import numpy as np
 
 from . import attention, layers, optim, quantize
 
@@ -109,12 +106,6 @@ AUTO = {
     "int8_linear": "numba",
 }
 
-# Op pairs whose products of at most FEW_ROWS rows (decoding one token, or a few beams) run on
-# another backend than AUTO names: the figures are in the linear row above. The cache of each
-# call remembers which backend made it, so the backward always comes from the same one.
-FEW_ROWS = 8
-AUTO_FEW_ROWS = {"linear": "numpy"}
-
 # Where each op's NumPy reference lives; its Numba kernel has the same name in `kernels`.
 REFERENCE_MODULES = {
     **{op: layers for op in OP_NAMES},
@@ -140,36 +131,13 @@ def _numba_ops():
 
 
 def _auto_ops():
-    """Per op pair, the namespace of the backend named in AUTO (and for the linear pair, the
-    AUTO_FEW_ROWS backend's on products of at most FEW_ROWS rows: `_linear_by_rows`)."""
-    ops = {"name": "auto", "choices": dict(AUTO), "few_rows": dict(AUTO_FEW_ROWS)}
+    """Per op pair, the namespace of the backend named in AUTO."""
+    ops = {"name": "auto", "choices": dict(AUTO)}
     for pair, names in OP_PAIRS.items():
         source = get_ops(AUTO[pair])
         for op in names:
             ops[op] = getattr(source, op)
-    if "linear" in AUTO_FEW_ROWS:
-        ops["linear_forward"], ops["linear_backward"] = _linear_by_rows(get_ops(AUTO_FEW_ROWS["linear"]),
-                                                                        get_ops(AUTO["linear"]))
     return SimpleNamespace(**ops)
-
-
-def _linear_by_rows(few, many):
-    """A linear pair that runs `few`'s on x with at most FEW_ROWS rows (the product of x's leading
-    dimensions) and `many`'s otherwise; the cache keeps the backend that made it for the backward."""
-
-    def linear_forward(x, w, b=None):
-        # (anything that is not an array with a last axis goes to `many`, whose checks name it)
-        src = few if isinstance(x, np.ndarray) and x.ndim and x.size <= FEW_ROWS * x.shape[-1] else many
-        out, cache = src.linear_forward(x, w, b)
-        return out, (src, cache)
-
-    def linear_backward(dout, cache):
-        src, c = cache
-        return src.linear_backward(dout, c)
-
-    linear_forward.__doc__ = f"linear_forward of {few.name} up to {FEW_ROWS} rows, of {many.name} above"
-    linear_backward.__doc__ = "linear_backward of the backend that ran the forward"
-    return linear_forward, linear_backward
 
 
 def resolve_backend(name=None):

@@ -157,7 +157,9 @@ def clip_grad_norm(grads, max_norm):
     grads: one array or a list of arrays (the norm is taken over all of them together).
     """
     grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
-    total = math.sqrt(sum(float(np.dot(g.reshape(-1).astype(np.float64), g.reshape(-1))) for g in grads))
+    # squares summed by NumPy's pairwise sum, not np.dot: OpenBLAS's dot product wakes its threads
+    # once per step, which then spin beside the Numba kernels of the next (kernels/jit.py, SPIN_COUNT)
+    total = math.sqrt(sum(float(np.square(g.reshape(-1), dtype=np.float64).sum()) for g in grads))
     if max_norm is not None and total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:

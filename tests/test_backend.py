@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nanotransformer import backend
-from nanotransformer.backend import AUTO, AUTO_FEW_ROWS, BACKENDS, ENV_VAR, FEW_ROWS, OP_NAMES, OP_PAIRS, get_ops, resolve_backend
+from nanotransformer.backend import AUTO, BACKENDS, ENV_VAR, OP_NAMES, OP_PAIRS, get_ops, resolve_backend
 from nanotransformer.model import GPT, GPTConfig
 
 
@@ -47,43 +47,13 @@ def test_namespace_is_complete(name):
 def test_auto_follows_the_table_pairwise():
     auto, per_backend = get_ops("auto"), {b: get_ops(b) for b in BACKENDS}
     assert set(AUTO) == set(OP_PAIRS) and set(AUTO.values()) <= set(BACKENDS)
-    assert set(AUTO_FEW_ROWS) <= {"linear"} and set(AUTO_FEW_ROWS.values()) <= set(BACKENDS)
     for pair, ops in OP_PAIRS.items():
-        if pair in AUTO_FEW_ROWS:
-            continue  # test_auto_linear_by_rows
         for op in ops:  # forward and backward of a pair share a cache, so they share a backend
             assert getattr(auto, op) is getattr(per_backend[AUTO[pair]], op), op
 
 
-@pytest.mark.parametrize("rows", [1, FEW_ROWS, FEW_ROWS + 1, 40])
-def test_auto_linear_by_rows(rows, rng):
-    """auto's linear pair: the AUTO_FEW_ROWS backend up to FEW_ROWS rows (decoding), AUTO's above,
-    the backward from the backend its cache names; the same numbers as the NumPy reference."""
-    from types import SimpleNamespace
-
-    from nanotransformer import layers
-
-    if "linear" not in AUTO_FEW_ROWS:
-        pytest.skip("auto runs one linear backend at every size")
-    auto = get_ops("auto")
-    source = get_ops(AUTO_FEW_ROWS["linear"] if rows <= FEW_ROWS else AUTO["linear"])
-    x = rng.standard_normal((1, rows, 6))
-    w, b, dout = rng.standard_normal((6, 5)), rng.standard_normal(5), rng.standard_normal((1, rows, 5))
-    out, cache = auto.linear_forward(x, w, b)
-    assert cache[0] is source
-    called = []
-    spy = SimpleNamespace(linear_backward=lambda *a: called.append(a) or source.linear_backward(*a))
-    grads = auto.linear_backward(dout, (spy, cache[1]))
-    assert len(called) == 1 and called[0][1] is cache[1]
-    ref_out, ref_cache = layers.linear_forward(x, w, b)
-    np.testing.assert_allclose(out, ref_out, rtol=1e-12, atol=1e-12)
-    for got, ref in zip(grads, layers.linear_backward(dout, ref_cache)):
-        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
-
-
 def test_auto_linear_bad_input_names_the_argument(rng):
-    """auto's row rule looks at x before any check: what is not an array still gets the wrappers'
-    one error naming x, not an AttributeError from the rule."""
+    """What is not an array gets auto's linear wrapper's one error naming x, not an AttributeError."""
     w = rng.standard_normal((1, 3))
     with pytest.raises((TypeError, ValueError), match="x"):
         get_ops("auto").linear_forward([[1.0]], w)

@@ -638,3 +638,16 @@ def test_lse_cache_is_small(rng):
     _, cache = KA.attention_forward(q, q, q, causal=True)
     sizes = [a.size for a in cache if isinstance(a, np.ndarray)]
     assert max(sizes) <= q.size and math.prod((2, 3, 16)) in sizes
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, f"{KJ.SPIN_COUNT} None"),  # nothing set: idle OpenMP threads spin briefly, then sleep
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, "None PASSIVE"),  # a policy the user set is left alone
+    ({"GOMP_SPINCOUNT": "5"}, "5 None"),
+])
+def test_thread_wait_policy(env, expected):
+    """jit.py sets GOMP_SPINCOUNT before any OpenMP runtime starts, unless the user chose."""
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = "import os, nanotransformer.kernels.jit; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected

@@ -10,7 +10,7 @@
   read in place, which `attention.py` runs per (batch, head); `tile_scratch`: the 4 x 64
   register tile of the linear layers' packed product (`linear.py`, `WIDE_NR`);
   `transpose_block`: a small tiled transpose inside a kernel (`TB`).
-- Thread pool setup (`OMP_WAIT_POLICY`) and `num_threads`.
+- Thread pool setup (`GOMP_SPINCOUNT`: idle threads spin briefly, then sleep) and `num_threads`.
 - `cache_depends_on_this_file`: ties the on-disk cache of every kernel to this file's contents
   too, because the helpers here are inlined into kernels defined elsewhere (see the last section).
 - `cache_dir`: where that cache lives. Numba pickles what it caches, and loading a pickle runs
@@ -114,15 +114,25 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 JIT = dict(fastmath=FASTMATH, error_model="numpy", cache=True)
 
 # Numba's thread pool: Numba's default choice (TBB if installed, else OpenMP, else workqueue),
-# with OpenMP's idle threads told to sleep (OMP_WAIT_POLICY=PASSIVE) unless the user set a policy.
-# Measured on 2 cores: by default OpenMP threads spin after a kernel, and alternating BLAS calls
-# (whose threads also spin) with Numba kernels then ran a training step 3.5x slower; with passive
-# threads there is no interference. The workqueue pool sleeps too, but entering a parallel region
-# cost 80 us there against 3 us for OpenMP, and a 1M-element loop ran slower on 2 workqueue
-# threads than on one (1.8x faster on 2 OpenMP threads). The variable must be set before the
-# OpenMP runtime starts, i.e. before the first parallel kernel runs; a runtime that another
-# library started earlier keeps its own policy.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# with OpenMP's idle threads spinning for a short while (GOMP_SPINCOUNT=SPIN_COUNT, about 0.3 ms
+# here) before they sleep, unless the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT. Measured on 2
+# cores (benchmarks/README.md, "The thread wait policy"):
+# - spinning without end (OpenMP's default, or ACTIVE) beside BLAS calls, whose threads spin too,
+#   ran a training step 3.5x slower;
+# - sleeping at once (PASSIVE, shipped until issue 17) made every kernel pay a wake-up of its
+#   threads: a token of GPT-2 124M enters about 50 parallel regions, a step of the tiny config
+#   about 120, and a wake-up in this VM costs tens of microseconds (with the short spin: tiny's
+#   step 54 -> 44 ms, GPT-2 decoding 35 -> 49 tokens/s);
+# - the short spin costs a process that alternates Numba kernels with BLAS at every step (no
+#   package path does: `auto` runs every op on Numba) about 20 %, and a process that never runs a
+#   Numba kernel nothing.
+# The workqueue pool sleeps too, but entering a parallel region cost 80 us there against 3 us for
+# OpenMP, and a 1M-element loop ran slower on 2 workqueue threads than on one (1.8x faster on 2
+# OpenMP threads). The variable must be set before the OpenMP runtime starts, i.e. before the
+# first parallel kernel runs; a runtime that another library started earlier keeps its own policy.
+SPIN_COUNT = 10_000
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
 
 # Below this much work (elements touched, or multiply-adds for products) a kernel runs its serial
 # build: entering a parallel region costs 3 us (OpenMP, sleeping threads to wake) to 80 us

@@ -72,18 +72,19 @@ OP_PAIRS = {
 # and training speed" and "The packed matmul".
 #   op pair        auto    numpy time / numba time (tiny, small, bpe)
 #   linear         numba   whole training steps, bench_train.py, 3 runs, all-Numba step time / auto
-#                          (BLAS linear) step time summed over the three configs: 0.94, 0.94, 1.03;
-#                          against PyTorch the all-Numba backend meets every target there (median
-#                          1.38x, 1.18x, 1.33x) and BLAS-linear auto misses bpe (1.12x). The op
+#                          (BLAS linear) step time summed over the three configs: 0.94, 0.94, 1.03
+#                          (with the threads sleeping at once, as then). The op
 #                          alone (bench_kernels) is 0.83, 0.94, 1.00: the packed GEMM is level with
 #                          OpenBLAS's sgemm at the large shapes (92-108 %), behind at the small ones
 #                          (74 % at 1024x128x384), and a whole step gains the hand-over (no BLAS
 #                          threads spinning beside the Numba kernels). benchmarks/README.md, "The
 #                          packed matmul".
-#     (<= 8 rows)  numpy   decoding a token: BLAS's matrix-vector product beats ours on the block's
-#                          matrices (KV-cache generation, tokens/s, all-Numba / auto: 0.26, 0.48,
-#                          0.40); ours is faster on the transposed tied head alone (GPT-2's:
-#                          4.8-5.3 vs 6.8-7.0 ms), not routed there: one rule, by rows (AUTO_FEW_ROWS)
+#                          At up to 8 rows (decoding) too, since idle threads spin briefly
+#                          (kernels/jit.py, SPIN_COUNT): KV-cache generation, tokens/s, all-Numba
+#                          against BLAS's matrix-vector product for those rows, 2 runs: small 367,
+#                          421 vs 310, 363; bpe 904, 1108 vs 866, 949; tiny 871, 1133 vs 856, 1592;
+#                          GPT-2 124M 48-50 vs 44-45 (benchmarks/README.md, "Threads that wait
+#                          briefly"). Until then (threads sleeping at once) BLAS won there, 2-3x.
 #   attention      numba   1.41, 2.20, 1.63  fused, causal-aware, no T x T matrix
 #   layernorm      numba   2.13, 8.04, 3.55
 #   rmsnorm        numba   1.75, 5.30, 2.44  (median of 3 runs, load 0.4-1.5; README "RMSNorm and RoPE")

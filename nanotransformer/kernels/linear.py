@@ -24,13 +24,13 @@ How a product of more than ROWS rows is built (the BLIS / GotoBLAS scheme):
 At most ROWS rows (decoding) the product is memory-bound and B is read in place, never packed:
 `_rows_nb` (w as stored) and `_dots_nb` (w transposed, the tied head).
 
-Against BLAS (benchmarks/README.md, "The packed matmul"): the product is level with OpenBLAS's
-sgemm at the large training shapes (90-108 %) and behind it at the small ones (74 % at
-1024 x 128 x 384), where waking Numba's sleeping threads (OMP_WAIT_POLICY=PASSIVE, `jit.py`)
-costs as much as the product; over whole training steps it is ahead (no BLAS threads spinning
-beside the Numba kernels), so `backend.AUTO` runs it for the linear layers. Not at up to 8 rows:
-decoding a token is faster through OpenBLAS's matrix-vector product (`backend.AUTO_FEW_ROWS`);
-the few-row kernels here serve the "numba" backend.
+Against BLAS (benchmarks/README.md, "The packed matmul" and "Threads that wait briefly"): the
+product is level with OpenBLAS's sgemm at the large training shapes (90-108 %) and 5-15 % behind
+it at the small ones; over whole training steps it is ahead (one thread pool, no BLAS threads
+spinning beside the Numba kernels), so `backend.AUTO` runs it for the linear layers. At up to
+8 rows (decoding) the weights are streamed as fast as OpenBLAS's matrix-vector product does it
+(24-40 GB/s against 23-32 on GPT-2's four block matrices) now that the threads spin briefly
+between kernels instead of sleeping (`jit.SPIN_COUNT`).
 
 Does not: pack A (it is read in place, above), use a narrower tile for the last < NR columns (they
 are zero-padded: a V = 65 head computes 128 columns), or split the k axis of a packed product over

@@ -61,8 +61,10 @@ if ARGS is not None:
 
 import numpy as np  # noqa: E402
 
-try:  # PyTorch before our kernels: its OpenMP runtime then starts with the environment this process
-    import torch  # noqa: F401, E402  was given, not with the GOMP_SPINCOUNT kernels/jit.py sets for Numba's
+# PyTorch before our kernels, so that its OpenMP runtime starts with the environment this process
+# was given; Numba's kernels then run on that same runtime and policy (see bench_train.py).
+try:
+    import torch  # noqa: F401, E402
 except ImportError:
     pass
 

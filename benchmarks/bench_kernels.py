@@ -51,9 +51,9 @@ def round_robin(fns, repeat, block=3, warm=0.2):
     Why not strict alternation (a, b, a, b): on this 2-core VM a kernel timed right after the
     other library's calls runs up to 2x slower for the next ~0.1 s (OpenBLAS's threads spin for a
     while after a call, and Numba's pool, whose idle threads sleep after a short spin, takes as
-    long to get back to full speed): we would be timing the hand-over, not the kernel. A training step alternates the
-    two libraries too, which is why the per-op choice is checked against whole steps
-    (bench_train.py). The rounds still interleave the candidates, so slow drifts in the machine's
+    long to get back to full speed): we would be timing the hand-over, not the kernel. A training
+    step alternated the two libraries too, which is why the per-op choice is checked against whole
+    steps (bench_train.py). The rounds still interleave the candidates, so slow drifts in the machine's
     load hit both alike.
     """
     times = {name: [] for name in fns}

@@ -27,12 +27,19 @@ Does not: need PyTorch (its column is skipped) or ../shared.
 """
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
 
-try:  # PyTorch before our kernels: its OpenMP runtime then starts with the environment this process
-    import torch  # noqa: F401  was given, not with the GOMP_SPINCOUNT kernels/jit.py sets for Numba's
+# PyTorch before our kernels, so that its OpenMP runtime (its own libgomp) starts with the
+# environment this process was given: PyTorch at its own settings. Numba's kernels then run on that
+# same runtime (they bind to the libgomp loaded first), so here both wait with the policy it read,
+# by default libgomp's 300,000 spins (~7 ms), not kernels/jit.py's GOMP_SPINCOUNT
+# (benchmarks/README.md, "Threads that wait briefly": our steps measured the same at either).
+START_ENV = {v: os.environ.get(v) for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+try:
+    import torch  # noqa: F401
 except ImportError:
     pass
 
@@ -209,9 +216,11 @@ def main(argv=None):
         get_ops(b)  # validates the name (and imports the kernels) before timing anything
     use_torch = not args.no_torch and have_torch()
     peak = sgemm_peak()
+    env = START_ENV if "torch" in sys.modules else {v: os.environ.get(v) for v in START_ENV}
     print(f"# bench_train: sgemm peak {peak:.1f} GFLOP/s (np.matmul 2048^3 float32), load average "
-          f"{os.getloadavg()[0]:.1f}; auto = {get_ops('auto').choices}; threads wait with "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}")
+          f"{os.getloadavg()[0]:.1f}; auto = {get_ops('auto').choices}")
+    shared = "; PyTorch's libgomp, loaded first, runs Numba's kernels too" if "torch" in sys.modules else ""
+    print(f"# OpenMP threads wait with {env} (None: libgomp's default){shared}")
     if not use_torch:
         print("# PyTorch not installed (or --no-torch): its column is skipped")
     cols = backends + (["torch"] if use_torch else [])

@@ -33,7 +33,6 @@ import os
 import sys
 from types import SimpleNamespace
 
-
 from . import attention, layers, optim, quantize
 
 BACKENDS = ("numpy", "numba")

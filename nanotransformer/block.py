@@ -350,8 +350,8 @@ def tied_head_forward(x, wte, bias, ops):
     """logits = x @ wte^T (+ bias): the output layer tied to the token embedding.
 
     x: (B, T, C), wte: (V, C), bias: (V,) or None -> logits: (B, T, V), cache. The transpose
-    is a view, not a copy: BLAS reads it as is (copying a 50257 x 768 table cost ~1 s per
-    decoded token at GPT-2 size), and the Numba wrapper makes its own copy if it needs one.
+    is a view, not a copy: both backends read it as it is (copying a 50257 x 768 table cost ~1 s
+    per decoded token at GPT-2 size; the Numba product packs or streams wte's rows in place).
     """
     logits, c = ops.linear_forward(x, wte.T, bias)
     return logits, (c, ops)

@@ -158,7 +158,7 @@ def clip_grad_norm(grads, max_norm):
     """
     grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
     # squares summed by NumPy's pairwise sum, not np.dot: OpenBLAS's dot product wakes its threads
-    # once per step, which then spin beside the Numba kernels of the next (kernels/jit.py, SPIN_COUNT)
+    # once per step, which then spin beside the Numba kernels of the next step (kernels/jit.py)
     total = math.sqrt(sum(float(np.square(g.reshape(-1), dtype=np.float64).sum()) for g in grads))
     if max_norm is not None and total > max_norm:
         scale = max_norm / (total + 1e-6)

@@ -646,8 +646,10 @@ def test_lse_cache_is_small(rng):
     ({"GOMP_SPINCOUNT": "5"}, "5 None"),
 ])
 def test_thread_wait_policy(env, expected):
-    """jit.py sets GOMP_SPINCOUNT before any OpenMP runtime starts, unless the user chose."""
+    """Importing jit.py (before any kernel runs) sets GOMP_SPINCOUNT, unless the user chose a policy."""
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    code = "import os, nanotransformer.kernels.jit; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
-    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True)
+    code = ("import os, nanotransformer.kernels.jit\n"
+            "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
+                         check=True, timeout=120)
     assert out.stdout.strip() == expected

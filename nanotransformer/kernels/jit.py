@@ -116,27 +116,28 @@ JIT = dict(fastmath=FASTMATH, error_model="numpy", cache=True)
 # Numba's thread pool: Numba's default choice (TBB if installed, else OpenMP, else workqueue),
 # with OpenMP's idle threads spinning for a short while (GOMP_SPINCOUNT=SPIN_COUNT, about 0.3 ms
 # here) before they sleep, unless the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT. Measured on 2
-# cores (benchmarks/README.md, "The thread wait policy"):
-# - spinning without end (OpenMP's default, or ACTIVE) beside BLAS calls, whose threads spin too,
-#   ran a training step 3.5x slower;
+# cores (benchmarks/README.md, "Threads that wait briefly"):
+# - long spins beside BLAS calls, whose threads spin too, cost most: with the linear layers still
+#   on BLAS, libgomp's default (300,000 spins, ~7 ms) ran a training step 3.5x slower;
 # - sleeping at once (PASSIVE, shipped until issue 17) made every kernel pay a wake-up of its
-#   threads: a token of GPT-2 124M enters about 50 parallel regions, a step of the tiny config
+#   threads: a token of GPT-2 124M enters about 100 parallel regions, a step of the tiny config
 #   about 120, and a wake-up in this VM costs tens of microseconds (with the short spin: tiny's
-#   step 54 -> 44 ms, GPT-2 decoding 35 -> 49 tokens/s);
+#   step 54 -> 44 ms, GPT-2 decoding 44 -> 48-50 tokens/s);
 # - the short spin costs a process that alternates Numba kernels with BLAS at every step (no
 #   package path does: `auto` runs every op on Numba) about 20 %, and a process that never runs a
 #   Numba kernel nothing.
 # The workqueue pool sleeps too, but entering a parallel region cost 80 us there against 3 us for
 # OpenMP, and a 1M-element loop ran slower on 2 workqueue threads than on one (1.8x faster on 2
 # OpenMP threads). The variable must be set before the OpenMP runtime starts, i.e. before the
-# first parallel kernel runs; a runtime that another library started earlier keeps its own policy.
+# first parallel kernel runs. If another library loaded its libgomp first (PyTorch ships one),
+# Numba's kernels run on that runtime, with the policy it started with.
 SPIN_COUNT = 10_000
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
 
 # Below this much work (elements touched, or multiply-adds for products) a kernel runs its serial
-# build: entering a parallel region costs 3 us (OpenMP, sleeping threads to wake) to 80 us
-# (workqueue), more on a busy machine, against ~0.2 us for a plain call, and a decoding step
+# build: entering a parallel region costs 3 us (OpenMP, threads awake) to tens of us (threads
+# asleep) or 80 us (workqueue), against ~0.2 us for a plain call, and a decoding step
 # or a tiny batch is made of such small calls.
 SERIAL_BELOW = 1 << 16
 

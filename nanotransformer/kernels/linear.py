@@ -25,12 +25,12 @@ At most ROWS rows (decoding) the product is memory-bound and B is read in place,
 `_rows_nb` (w as stored) and `_dots_nb` (w transposed, the tied head).
 
 Against BLAS (benchmarks/README.md, "The packed matmul" and "Threads that wait briefly"): the
-product is level with OpenBLAS's sgemm at the large training shapes (90-108 %) and 5-15 % behind
-it at the small ones; over whole training steps it is ahead (one thread pool, no BLAS threads
-spinning beside the Numba kernels), so `backend.AUTO` runs it for the linear layers. At up to
-8 rows (decoding) the weights are streamed as fast as OpenBLAS's matrix-vector product does it
-(24-40 GB/s against 23-32 on GPT-2's four block matrices) now that the threads spin briefly
-between kernels instead of sleeping (`jit.SPIN_COUNT`).
+product is level with OpenBLAS's sgemm at the large training shapes (90-108 %) and 13-15 % behind
+it at the smallest (1024 x 128 x 384 and x 512); over whole training steps it is ahead (one
+thread pool, no BLAS threads spinning beside the Numba kernels), so `backend.AUTO` runs it for the
+linear layers. At up to 8 rows (decoding) the weights are streamed as fast as OpenBLAS's
+matrix-vector product does it (alone: 24-40 GB/s against 23-32 on GPT-2's four block matrices)
+now that the threads spin briefly between kernels instead of sleeping (`jit.SPIN_COUNT`).
 
 Does not: pack A (it is read in place, above), use a narrower tile for the last < NR columns (they
 are zero-padded: a V = 65 head computes 128 columns), or split the k axis of a packed product over

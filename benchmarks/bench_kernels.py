@@ -97,6 +97,7 @@ def op_pairs(c, rng):
     u = r(B, T, 4 * C)
     logits = r(B, T, V, scale=2.0)
     targets = rng.integers(0, V, size=(B, T))
+    wte = r(V, C)
     n = n_params(c)
     p, g, mm, vv = r(n), r(n), r(n), np.abs(r(n))
     wd = (rng.random(n) < 0.9).astype(f32) * f32(0.1)
@@ -151,6 +152,10 @@ def op_pairs(c, rng):
         "cross_entropy": {
             "numpy": ce(L.cross_entropy_forward, L.cross_entropy_backward),
             "numba": ce(K.cross_entropy_forward, K.cross_entropy_backward),
+        },
+        "embedding": {  # the lookup and its scatter-add
+            "numpy": pair(L.embedding_forward, L.embedding_backward, (targets, wte), x),
+            "numba": pair(K.embedding_forward, K.embedding_backward, (targets, wte), x),
         },
         "adamw_update": {
             "numpy": lambda: O.adamw_update(p, g, mm, vv, 10, 1e-4, 0.9, 0.99, 1e-8, wd),
@@ -271,6 +276,7 @@ def calls():
     out, c = K.rope_forward(f(2, 2, 3, 4)); K.rope_backward(out, c)
     out, c = K.gelu_forward(f(2, 3, 8)); K.gelu_backward(out, c)
     out, c = K.cross_entropy_forward(f(2, 3, 5), np.zeros((2, 3), np.int64)); K.cross_entropy_backward(np.float32(1), c)
+    out, c = K.embedding_forward(np.array([[0, 2, 0]]), f(3, 8)); K.embedding_backward(out, c)
     out, c = KA.attention_forward(f(2, 2, 3, 4), f(2, 2, 3, 4), f(2, 2, 3, 4), causal=True); KA.attention_backward(out, c)
     p = f(10); K.adamw_update(p, f(10), np.zeros_like(p), np.zeros_like(p), 1, 1e-3, weight_decay=np.ones_like(p))
 times = []

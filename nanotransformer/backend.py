@@ -12,7 +12,8 @@ only ever passed back to the same backend's backward, which is why "auto" choose
 (linear_forward and linear_backward always come from the same backend).
 
 Ops: linear, attention (scaled dot-product core on (B, NH, T, hs) tensors), layernorm, rmsnorm,
-rope, gelu, cross_entropy, adamw_update, int8_linear (forward only: `quantize.py`). `ops.name` is
+rope, gelu, cross_entropy, embedding (the token lookup; its backward is the scatter-add),
+adamw_update, int8_linear (forward only: `quantize.py`). `ops.name` is
 the backend's name and `ops.choices` says, per op pair, which backend runs it.
 
 Memory: the first `get_ops` call also asks glibc's malloc (Linux) to keep freed memory instead of
@@ -46,6 +47,7 @@ OP_NAMES = (
     "rope_forward", "rope_backward",
     "gelu_forward", "gelu_backward",
     "cross_entropy_forward", "cross_entropy_backward",
+    "embedding_forward", "embedding_backward",
     "adamw_update",
     "int8_linear_forward",
 )  # fmt: skip
@@ -59,6 +61,7 @@ OP_PAIRS = {
     "rope": ("rope_forward", "rope_backward"),
     "gelu": ("gelu_forward", "gelu_backward"),
     "cross_entropy": ("cross_entropy_forward", "cross_entropy_backward"),
+    "embedding": ("embedding_forward", "embedding_backward"),
     "adamw_update": ("adamw_update",),
     "int8_linear": ("int8_linear_forward",),
 }
@@ -84,12 +87,15 @@ OP_PAIRS = {
 #                          421 vs 310, 363; bpe 904, 1108 vs 866, 949; tiny 871, 1133 vs 856, 1592;
 #                          GPT-2 124M 48-50 vs 44-45 (benchmarks/README.md, "Threads that wait
 #                          briefly"). Until then (threads sleeping at once) BLAS won there, 2-3x.
-#   attention      numba   1.41, 2.20, 1.63  fused, causal-aware, no T x T matrix
+#   attention      numba   1.41, 2.20, 1.63  fused, causal-aware, no T x T matrix (with jit.gemm_nb's
+#                          4 x 64 tiles, issue 17: 2.34, 3.23, 2.31)
 #   layernorm      numba   2.13, 8.04, 3.55
 #   rmsnorm        numba   1.75, 5.30, 2.44  (median of 3 runs, load 0.4-1.5; README "RMSNorm and RoPE")
 #   rope           numba   5.18, 7.16, 6.24  q and k on split_heads views (same 3 runs)
 #   gelu           numba   27.3, 18.4, 6.31
 #   cross_entropy  numba   1.16, 1.78, 3.10
+#   embedding      numba   11.4, 52.7, 19.0  the scatter-add (np.add.at runs element by element; the
+#                          lookup is NumPy's own gather on both; issue 17, load 1.4)
 #   adamw_update   numba   44.3, 11.3, 11.5
 #   int8_linear    numba   8.1 (1 thread), 27.9 (2 threads): one decoded token's 49 products of GPT-2
 #                          124M, `benchmarks/bench_decode.py` (README "Decoding"); the twin casts q
@@ -102,6 +108,7 @@ AUTO = {
     "rope": "numba",
     "gelu": "numba",
     "cross_entropy": "numba",
+    "embedding": "numba",
     "adamw_update": "numba",
     "int8_linear": "numba",
 }

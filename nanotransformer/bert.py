@@ -140,7 +140,7 @@ class BERT(ParamStore):
             raise ValueError(f"ids: expected 1 to block_size={cfg.block_size} positions, got {T}")
         pad = ids == cfg.pad_id  # (B, T): True where the key is padding (stack_forward drops an empty mask)
         p_drop = cfg.dropout if train else 0.0
-        x, emb_c = embed_forward(ids, self.p["wte"], self.p["wpe"], p_drop=p_drop, rng=rng, train=train)
+        x, emb_c = embed_forward(ids, self.p["wte"], self.p["wpe"], self.ops, p_drop=p_drop, rng=rng, train=train)
         h, stack_c = stack_forward(x, self.p, self.prefixes, self.block, self.ops, "ln_f", key_padding_mask=pad,
                                    p_drop=p_drop, rng=rng, train=train)  # (B, T, C)
         return h, (emb_c, stack_c)

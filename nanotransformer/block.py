@@ -52,8 +52,6 @@ from .layers import (
     LoRAWeight,
     dropout_backward,
     dropout_forward,
-    embedding_backward,
-    embedding_forward,
     mlp_backward,
     mlp_forward,
     swiglu_backward,
@@ -318,32 +316,33 @@ def attention_weights(stack_cache, kind="attn"):
 # ----------------------------------------------------------------------------- embeddings and head
 
 
-def embed_forward(ids, wte, pos_table, *, offset=0, scale=None, p_drop=0.0, rng=None, train=False):
+def embed_forward(ids, wte, pos_table, ops, *, offset=0, scale=None, p_drop=0.0, rng=None, train=False):
     """x = wte[ids] (* scale) + pos_table[offset:offset+T], then dropout.
 
     ids: (B, T) int, wte: (V, C), pos_table: (n_pos, C), learned or `layers.sinusoidal_table`,
     or None (RoPE: positions enter inside attention) -> x: (B, T, C), cache. scale: the paper's sqrt(d_model) on the token embedding, or None.
+    ops: the backend (`backend.get_ops`) whose embedding pair runs the lookup and its scatter-add.
     """
-    x, emb_c = embedding_forward(ids, wte)  # (B, T, C)
+    x, emb_c = ops.embedding_forward(ids, wte)  # (B, T, C)
     if scale is not None:
         x = x * x.dtype.type(scale)
     pos_c = None
     if pos_table is not None:  # None: no position embedding here (RoPE acts inside attention)
         x, pos_c = positional_forward(x, pos_table, offset)
     x, drop_c = dropout_forward(x, p_drop, rng, train)
-    return x, (emb_c, pos_c, drop_c, scale)
+    return x, (emb_c, pos_c, drop_c, scale, ops)
 
 
 def embed_backward(dx, cache):
     """dx: (B, T, C) -> dwte: (V, C), dpos_table: (n_pos, C) (ignore it for a fixed table; None
     without a table)"""
-    emb_c, pos_c, drop_c, scale = cache
+    emb_c, pos_c, drop_c, scale, ops = cache
     dx = dropout_backward(dx, drop_c)
     # forward was: x = emb + table[offset:offset+T]
     dx, dtable = positional_backward(dx, pos_c) if pos_c is not None else (dx, None)
     if scale is not None:
         dx = dx * dx.dtype.type(scale)
-    return embedding_backward(dx, emb_c), dtable
+    return ops.embedding_backward(dx, emb_c), dtable
 
 
 def tied_head_forward(x, wte, bias, ops):

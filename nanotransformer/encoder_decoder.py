@@ -189,7 +189,7 @@ class Seq2Seq(ParamStore):
                 + (f" ({offset} cached + {T} new)" if offset else "")
             )
         p_drop = cfg.dropout if train else 0.0
-        return embed_forward(ids, self.p["emb"], self._pe, offset=offset, scale=math.sqrt(cfg.d_model),
+        return embed_forward(ids, self.p["emb"], self._pe, self.ops, offset=offset, scale=math.sqrt(cfg.d_model),
                              p_drop=p_drop, rng=rng, train=train)  # fmt: skip
 
     def encode(self, src, train=False, rng=None):

@@ -294,7 +294,7 @@ class GPT(ParamStore):
             raise ValueError("kv_cache: only for inference (train=False, targets=None)")
         p_drop = cfg.dropout if train else 0.0
         table = self.p["wpe"] if cfg.pos == "learned" else self._pe  # None with RoPE
-        x, emb_c = embed_forward(ids, self.p["wte"], table, offset=offset, p_drop=p_drop, rng=rng, train=train)
+        x, emb_c = embed_forward(ids, self.p["wte"], table, self.ops, offset=offset, p_drop=p_drop, rng=rng, train=train)
         xf, stack_c = stack_forward(x, self.p, self.prefixes, self.block, self.ops, "ln_f", kv_cache=kv_cache,
                                     p_drop=p_drop, rng=rng, train=train, lora=lora)  # (B, T, C)
         return xf, (emb_c, stack_c, lora)

@@ -121,6 +121,15 @@ def _gelu(*shape, scale=2.0):
     return (K.gelu_forward, K.gelu_backward, L.gelu_forward, L.gelu_backward, build)
 
 
+def _embedding(shape, V, C, id_dtype=np.int64):
+    """ids of `shape` drawn from V rows, so that ids repeat and the scatter-add must accumulate."""
+
+    def build(rng, dt):
+        return (rng.integers(0, V, size=shape).astype(id_dtype), _randn(rng, dt, V, C)), {}
+
+    return (K.embedding_forward, K.embedding_backward, L.embedding_forward, L.embedding_backward, build)
+
+
 def _cross_entropy(B, T, V, scale=3.0, ignore=1):
     def build(rng, dt):
         t = rng.integers(0, V, size=(B, T))
@@ -172,6 +181,10 @@ CASES = {
     "cross_entropy_T1": _cross_entropy(1, 1, 7, ignore=0),
     "cross_entropy_extreme": _cross_entropy(2, 3, 5, scale=1e4),  # stable log-sum-exp
     "cross_entropy_all_ignored": _cross_entropy(1, 3, 4, ignore=3),  # loss 0, gradient 0
+    "embedding": _embedding((3, 7), 5, 9),
+    "embedding_T1": _embedding((1, 1), 3, 4, np.int32),
+    "embedding_chunks": _embedding((2, 40), 11, 150, np.int32),  # columns in CW = 64 chunks: 64 + 64 + 22
+    "embedding_flat_ids": _embedding((33,), 2, 65),  # ids of any shape; two rows take every token
     "attention_T1": _attention(2, 2, 1, 1, 4),
     "attention_odd": _attention(2, 3, 5, 5, 4),
     "attention_hs1": _attention(1, 2, 7, 7, 1),
@@ -186,6 +199,9 @@ BIG_CASES = {
     "linear_blocked": _linear(1, 37, 600, 133),
     "attention_T256": _attention(1, 2, 256, 256, 16),
     "attention_kvcache_long": _attention(1, 1, 67, 200, 8),
+    # jit.gemm_nb's 4 x 64 tiles, then one 4 x 32 strip, then the last columns row by row:
+    "attention_wide_tiles": _attention(1, 1, 100, 100, 64),  # head size one wide tile; keys 64 + 32 + 4
+    "attention_wide_and_narrow": _attention(1, 2, 9, 150, 96, hv=117, causal=False),  # 64 + 32; 64 + 32 + 21
     "cross_entropy_bpe": _cross_entropy(2, 9, 4096),
     "rope_small": _rope(8, 6, 256, 64, offset=3, view=True),
 }

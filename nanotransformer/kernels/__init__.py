@@ -9,6 +9,8 @@
     rope.py           _rope_{forward,backward}_nb            attention.rope_{forward,backward}
     gelu.py           _gelu_{forward,backward}_nb            layers.gelu_{forward,backward}
     cross_entropy.py  _cross_entropy_{forward,backward}_nb   layers.cross_entropy_{forward,backward}
+    embedding.py      _embedding_backward_nb (scatter-add;   layers.embedding_{forward,backward}
+                      the forward is the reference's gather)
     adamw.py          _adamw_update_nb                       optim.adamw_update
     int8_linear.py    _int8_linear_forward_nb                quantize.int8_linear_forward
     bpe.py            _count_pairs_nb, _pop_best_pair_nb,    bpe.train_reference
@@ -64,15 +66,16 @@ CI uses for coverage), or use BLAS (that is the "numpy" backend: backend.AUTO re
 the default picks per op, and why).
 """
 from . import jit  # first: it sets where Numba caches the kernels (jit.cache_dir), before any is defined
-from . import adamw, attention, bpe, cross_entropy, gelu, int8_linear, layernorm, linear, rmsnorm, rope  # noqa: F401 (bpe: the BPE kernels)
+from . import adamw, attention, bpe, cross_entropy, embedding, gelu, int8_linear, layernorm, linear, rmsnorm, rope  # noqa: F401 (bpe: the BPE kernels)
 
 # The float kernels inline jit.py's helpers: key their on-disk cache on jit.py too (see above).
-jit.cache_depends_on_this_file(jit, linear, attention, layernorm, rmsnorm, rope, gelu, cross_entropy, adamw, int8_linear)
+jit.cache_depends_on_this_file(jit, linear, attention, layernorm, rmsnorm, rope, gelu, cross_entropy, adamw, int8_linear, embedding)
 
 from .adamw import adamw_update  # noqa: E402
 from .attention import attention_backward, attention_forward  # noqa: E402
 from .bpe import PairTable, encode_chunks, train_fast  # noqa: E402
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: E402
+from .embedding import embedding_backward, embedding_forward  # noqa: E402
 from .gelu import gelu_backward, gelu_forward  # noqa: E402
 from .int8_linear import int8_linear_forward  # noqa: E402
 from .jit import FASTMATH, num_threads  # noqa: E402
@@ -83,7 +86,7 @@ from .rope import rope_backward, rope_forward  # noqa: E402
 
 __all__ = [
     "FASTMATH", "PairTable", "adamw_update", "attention_backward", "attention_forward", "cross_entropy_backward",
-    "cross_entropy_forward", "encode_chunks", "gelu_backward", "gelu_forward", "int8_linear_forward", "layernorm_backward",
+    "cross_entropy_forward", "embedding_backward", "embedding_forward", "encode_chunks", "gelu_backward", "gelu_forward", "int8_linear_forward", "layernorm_backward",
     "layernorm_forward", "linear_backward", "linear_forward", "matmul", "num_threads", "rmsnorm_backward",
     "rmsnorm_forward", "rope_backward", "rope_forward", "train_fast",
 ]  # fmt: skip

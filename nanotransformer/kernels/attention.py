@@ -10,8 +10,8 @@ Forward, per (batch, head) and query row i, in one pass:
     out_i = sum_j exp(s_j - m) / l * v_j
 computed for a block of R query rows at a time (an R x Tk scratch array per thread, not the
 Tq x Tk attention matrix, which is never stored). The products S = Q K^T and P V run on the
-matmul's 4 x 32 register tile (`jit.gemm_nb`), each 4-row tile only as wide as its last
-row may see (the causal triangle, rounded up to 32 keys), so the masked half is skipped rather
+matmul's 4 x 64 and 4 x 32 register tiles (`jit.gemm_nb`), each 4-row tile only as wide as its
+last row may see (the causal triangle, rounded up to 32 keys), so the masked half is skipped rather
 than computed and discarded. The cache keeps q, k, v, out and the row log-sum-exp `lse` (Tq
 numbers per head).
 

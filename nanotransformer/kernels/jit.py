@@ -6,10 +6,11 @@
 - `exp`, `tanh`: scalar exp and tanh for use inside kernels: NumPy-accurate libm calls in float64,
   vectorisable polynomial versions in float32 (libm's are scalar calls that block SIMD; this
   Numba has no SVML). `row_max`: the max of a row, four comparisons in flight.
-- `gemm_nb`: the blocked matrix product on a 4 x 32 register tile (`MR` x `NR`) with its operands
-  read in place, which `attention.py` runs per (batch, head); `tile_scratch`: the 4 x 64
-  register tile of the linear layers' packed product (`linear.py`, `WIDE_NR`);
-  `transpose_block`: a small tiled transpose inside a kernel (`TB`).
+- `gemm_nb`: the blocked matrix product on 4 x 64 register tiles (`MR` x `WIDE_NR`), then a
+  4 x 32 one (`NR`) for the columns left, with its operands read in place, which `attention.py`
+  runs per (batch, head); `tile_scratch`: the 4 x 64 scratch tile, shared with the linear
+  layers' packed product (`linear.py`); `transpose_block`: a small blocked transpose inside a
+  kernel (`TB`).
 - Thread pool setup (`GOMP_SPINCOUNT`: idle threads spin briefly, then sleep) and `num_threads`.
 - `cache_depends_on_this_file`: ties the on-disk cache of every kernel to this file's contents
   too, because the helpers here are inlined into kernels defined elsewhere (see the last section).
@@ -264,23 +265,29 @@ def row_max(row, n):
 # (`a_t`), so that x @ w, dout @ w.T (w transposed once) and x.T @ dout (dW) need no copy of the
 # big operand. Three levels of blocking, from the inside out:
 #
-# 1. Register tile (MR x NR = 4 x 32): the 128 running sums of a 4-row, 32-column block of out
-#    live in registers (8 AVX-512 or 16 AVX2 registers in float32) for a whole stretch of k. Each
-#    step of k loads one 32-wide row of b (SIMD loads) and 4 numbers of A (broadcasts), and does
-#    128 multiply-adds: the "outer-product" form of a GEMM micro-kernel (BLIS, OpenBLAS). There
-#    are no horizontal sums, so a short k (64, the head size) costs nothing extra.
-#    How the sums stay in registers: they are a (4, 32) array on the stack (`_acc_tile`), indexed
+# 1. Register tile (MR x WIDE_NR = 4 x 64): the 256 running sums of a 4-row, 64-column block of
+#    out live in registers (16 AVX-512 registers in float32) for a whole stretch of k. Each step
+#    of k loads one 64-wide row of b (SIMD loads) and 4 numbers of A (broadcasts), and does 256
+#    multiply-adds: the "outer-product" form of a GEMM micro-kernel (BLIS, OpenBLAS). There are
+#    no horizontal sums, so a short k (64, the head size) costs nothing extra. Columns past the
+#    last multiple of 64 take one 4 x 32 tile (NR), then row by row. The 64-wide tile ran 1.2-1.45x
+#    faster than the 4 x 32 one alone (likely because 8 registers of sums are too few to cover
+#    the FMA latency), and attention's backward at T = 256, hs = 64 1.2x (benchmarks/README.md,
+#    "Attention's wide tiles and the embedding scatter"). Both widths come from one source
+#    (`_tiles_of`), and every element is the same sum over k in the same order at either width.
+#    How the sums stay in registers: they are a (4, nr) array on the stack (`_scratch_tile_of`), indexed
 #    only by loop counters with constant bounds; LLVM unrolls those loops, replaces the array by
 #    scalars and packs the scalars into SIMD registers. Two details matter, measured: the four
 #    rows are written out (x0..x3, not a loop over rows), and b is read through a row view
-#    `b[k, j:j+NR]` indexed from 0 (Numba wraps negative indices, and an index it cannot prove
+#    `b[k, j:j+nr]` indexed from 0 (Numba wraps negative indices, and an index it cannot prove
 #    non-negative, like j + c, turns SIMD loads into gathers: 10x slower).
-# 2. Cache blocks: a k-block of KC rows of b's 32-column strip (KC x 32 x 4 B = 32 KB) stays in
-#    L1 while the 4-row tiles of a task's rows sweep over it.
+# 2. Cache blocks: a k-block of KC rows of b's 64-column strip (KC x 64 x 4 B = 64 KB, in L2; at
+#    attention's sizes k is the head size or the keys a row sees, mostly far below KC) is reused
+#    while the 4-row tiles of a task's rows sweep over it.
 # 3. Threads: `attention.py` runs it serially inside each (batch, head). (The linear layers'
-#    product packs b into panels first and keeps a wider 4 x 64 tile: `linear.py`.)
+#    product packs b into panels first, with the same 4 x 64 tile: `linear.py`.)
 
-MR, NR = 4, 32  # register tile: rows x columns of out per micro-kernel call
+MR, NR = 4, 32  # the narrow register tile: rows x columns of out per micro-kernel call
 KC = 256  # k block
 
 
@@ -315,61 +322,69 @@ def _scratch_tile_of(cols):
     return scratch_tile
 
 
-_acc_tile = _scratch_tile_of(NR)  # gemm_nb's 4 x 32 tile
-WIDE_NR = 64  # the packed product's register tile (kernels/linear.py): MR x 64
+WIDE_NR = 64  # the wide register tile: MR x 64 (gemm_nb's main tile, and the linear layers' packed one)
 tile_scratch = _scratch_tile_of(WIDE_NR)
+_narrow_scratch = _scratch_tile_of(NR)
 
 
-@njit(**JIT)
-def _tile_nb(out, a, b, i, j, k0, k1, add):
-    """out[i:i+4, j:j+NR] (+)= a[i:i+4, k0:k1] @ b[k0:k1, j:j+NR] with the 4 x NR sums in
-    registers (see the section comment). `add`: accumulate into out, else overwrite it."""
-    acc = _acc_tile(out[i, j])
-    for r in range(MR):
-        for c in range(NR):
-            acc[r, c] = 0
-    for k in range(k0, k1):
-        x0, x1, x2, x3 = a[i, k], a[i + 1, k], a[i + 2, k], a[i + 3, k]
-        bk = b[k, j : j + NR]
-        for c in range(NR):
-            y = bk[c]
-            acc[0, c] += x0 * y
-            acc[1, c] += x1 * y
-            acc[2, c] += x2 * y
-            acc[3, c] += x3 * y
-    _store_tile(out, acc, i, j, add)
+def _tiles_of(nr):
+    """gemm_nb's register-tile pair for an MR x nr tile, nr = NR or WIDE_NR: (tile, tile_t). One
+    source for both widths: nr is the closures' only free variable, which Numba freezes into the
+    compiled code as a constant, so the loops over it unroll as if it were written out (and the
+    on-disk cache, which keys a closure on its free variables, keeps the two widths apart)."""
+
+    @njit(**JIT)
+    def tile(out, a, b, i, j, k0, k1, add):
+        """out[i:i+4, j:j+nr] (+)= a[i:i+4, k0:k1] @ b[k0:k1, j:j+nr] with the 4 x nr sums in
+        registers (see the section comment). `add`: accumulate into out, else overwrite it."""
+        acc = tile_scratch(out[i, j]) if nr == WIDE_NR else _narrow_scratch(out[i, j])
+        for r in range(MR):
+            for c in range(nr):
+                acc[r, c] = 0
+        for k in range(k0, k1):
+            x0, x1, x2, x3 = a[i, k], a[i + 1, k], a[i + 2, k], a[i + 3, k]
+            bk = b[k, j : j + nr]
+            for c in range(nr):
+                y = bk[c]
+                acc[0, c] += x0 * y
+                acc[1, c] += x1 * y
+                acc[2, c] += x2 * y
+                acc[3, c] += x3 * y
+        for r in range(MR):  # the store: out (+)= acc
+            o = out[i + r, j : j + nr]
+            for c in range(nr):
+                o[c] = o[c] + acc[r, c] if add else acc[r, c]
+
+    @njit(**JIT)
+    def tile_t(out, a, b, i, j, k0, k1, add):
+        """tile with A = a.T: out[i:i+4, j:j+nr] (+)= a[k0:k1, i:i+4].T @ b[k0:k1, j:j+nr]. A
+        separate function, not a flag: a branch inside the k loop costs 2x (measured). Nor is the
+        k loop shared through a helper taking `acc`: handed to a call, the sums stay in memory
+        instead of registers (measured: 7x slower)."""
+        acc = tile_scratch(out[i, j]) if nr == WIDE_NR else _narrow_scratch(out[i, j])
+        for r in range(MR):
+            for c in range(nr):
+                acc[r, c] = 0
+        for k in range(k0, k1):
+            ak = a[k, i : i + MR]
+            x0, x1, x2, x3 = ak[0], ak[1], ak[2], ak[3]
+            bk = b[k, j : j + nr]
+            for c in range(nr):
+                y = bk[c]
+                acc[0, c] += x0 * y
+                acc[1, c] += x1 * y
+                acc[2, c] += x2 * y
+                acc[3, c] += x3 * y
+        for r in range(MR):  # the store: out (+)= acc
+            o = out[i + r, j : j + nr]
+            for c in range(nr):
+                o[c] = o[c] + acc[r, c] if add else acc[r, c]
+
+    return tile, tile_t
 
 
-@njit(**JIT)
-def _tile_t_nb(out, a, b, i, j, k0, k1, add):
-    """_tile_nb with A = a.T: out[i:i+4, j:j+NR] (+)= a[k0:k1, i:i+4].T @ b[k0:k1, j:j+NR]. A
-    separate function, not a flag: a branch inside the k loop costs 2x (measured). Nor is the
-    k loop shared through a helper taking `acc`: handed to a call, the sums stay in memory
-    instead of registers (measured: 7x slower)."""
-    acc = _acc_tile(out[i, j])
-    for r in range(MR):
-        for c in range(NR):
-            acc[r, c] = 0
-    for k in range(k0, k1):
-        ak = a[k, i : i + MR]
-        x0, x1, x2, x3 = ak[0], ak[1], ak[2], ak[3]
-        bk = b[k, j : j + NR]
-        for c in range(NR):
-            y = bk[c]
-            acc[0, c] += x0 * y
-            acc[1, c] += x1 * y
-            acc[2, c] += x2 * y
-            acc[3, c] += x3 * y
-    _store_tile(out, acc, i, j, add)
-
-
-@njit(**JIT)
-def _store_tile(out, acc, i, j, add):
-    """out[i:i+MR, j:j+NR] (+)= acc"""
-    for r in range(MR):
-        o = out[i + r, j : j + NR]
-        for c in range(NR):
-            o[c] = o[c] + acc[r, c] if add else acc[r, c]
+_tile_nb, _tile_t_nb = _tiles_of(NR)
+_wide_tile_nb, _wide_tile_t_nb = _tiles_of(WIDE_NR)
 
 
 @njit(**JIT)
@@ -390,17 +405,24 @@ def _rows_nb(out, a, b, i0, i1, j0, j1, k0, k1, add, a_t):
 @njit(**JIT)
 def gemm_nb(out, a, b, i0, i1, j0, j1, kk, add, a_t):
     """out[i0:i1, j0:j1] (+)= A[i0:i1, :kk] @ b[:kk, j0:j1], A = a.T if a_t else a, serially: the
-    blocked product every matmul here (linear and attention) is built from. Indices are absolute
+    blocked product attention's matmuls are built from (the linear layers pack b: linear.py). Indices are absolute
     so that b and out keep their C-contiguous rows (a sliced view would not).
 
     out: (>= i1, >= j1), a: (>= i1, >= kk) or, if a_t, (>= kk, >= i1), b: (>= kk, >= j1).
     """
     i_full = i0 + (i1 - i0) // MR * MR  # rows [i0, i_full) fill whole tiles
-    j_full = j0 + (j1 - j0) // NR * NR
+    j_wide = j0 + (j1 - j0) // WIDE_NR * WIDE_NR  # columns [j0, j_wide) fill 4 x 64 tiles,
+    j_full = j_wide + (j1 - j_wide) // NR * NR  # then at most one 4 x 32 strip
     for k0 in range(0, max(kk, 1), KC):  # (kk = 0 still runs once, to write the zeros)
         k1 = min(k0 + KC, kk)
         acc = add or k0 > 0  # later k blocks add to what the first one wrote
-        for j in range(j0, j_full, NR):  # b's (KC x NR) strip is reused by every row tile
+        for j in range(j0, j_wide, WIDE_NR):  # b's (KC x 64) strip is reused by every row tile
+            for i in range(i0, i_full, MR):
+                if a_t:
+                    _wide_tile_t_nb(out, a, b, i, j, k0, k1, acc)
+                else:
+                    _wide_tile_nb(out, a, b, i, j, k0, k1, acc)
+        for j in range(j_wide, j_full, NR):
             for i in range(i0, i_full, MR):
                 if a_t:
                     _tile_t_nb(out, a, b, i, j, k0, k1, acc)
@@ -413,15 +435,28 @@ def gemm_nb(out, a, b, i0, i1, j0, j1, kk, add, a_t):
 
 @njit(**JIT)
 def transpose_block(out, a, m, n):
-    """out[:n, :m] = a[:m, :n].T, serially (small blocks inside a kernel)."""
-    for i0 in range(0, m, TB):  # TB x TB tiles: a tile's reads and writes stay in L1
-        for j in range(n):
-            row = out[j]
-            for i in range(i0, min(i0 + TB, m)):
-                row[i] = a[i, j]
+    """out[:n, :m] = a[:m, :n].T, serially (small blocks inside a kernel), in TB x TB blocks
+    written out in full: each row of a block of out is TB stores from TB rows of a, which LLVM
+    unrolls into straight-line code (2.5x faster than one long strided loop, measured on
+    attention's 256 x 64 and 64 x 32). The last < TB rows and columns of a: plain loops."""
+    m_full, n_full = m - m % TB, n - n % TB
+    for i0 in range(0, m_full, TB):
+        for j0 in range(0, n_full, TB):
+            for jj in range(TB):
+                o = out[j0 + jj, i0 : i0 + TB]
+                for ii in range(TB):
+                    o[ii] = a[i0 + ii, j0 + jj]
+    for j in range(n_full, n):  # the last < TB columns of a, every row
+        o = out[j]
+        for i in range(m):
+            o[i] = a[i, j]
+    for i in range(m_full, m):  # the last < TB rows of a, the other columns
+        r = a[i]
+        for j in range(n_full):
+            out[j, i] = r[j]
 
 
-TB = 32  # transpose tile: 32 x 32 floats = 4 KB read and written while in L1
+TB = 8  # transpose block: 8 x 8 (16 was 25 % faster at 256 x 64 but slower at odd sizes)
 
 
 def num_threads():

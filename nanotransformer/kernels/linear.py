@@ -14,7 +14,7 @@ How a product of more than ROWS rows is built (the BLIS / GotoBLAS scheme):
    adjacent numbers of each row of a) is only KC x 4 numbers and stays in L1 while it sweeps the
    task's panels. The last < 4 rows are copied into a zero-padded 4-row block.
 3. Register tile: `_tile` / `_tile_t` keep MR x NR = 4 x 64 sums in registers (16 AVX-512
-   registers of float32; the attention products keep jit.gemm_nb's 4 x 32) for a whole KC stretch
+   registers of float32; jit.gemm_nb, the attention products, has the same width) for a whole KC stretch
    of k and store them straight into out with the epilogue fused: the bias on the first k block,
    or `add` accumulating into what out holds.
 4. Threads: a 2-D grid of tasks over out (row x column blocks, `_split`), each writing only its
@@ -44,7 +44,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..validation import check_array, check_same_dtype
-from .jit import JIT, MR, kernel, run, tile_scratch
+from .jit import JIT, MR, kernel, run, tile_scratch, transpose_block
 from .jit import WIDE_NR as NR  # register tile: MR x NR = 4 x 64 (16 zmm registers of float32 sums)
 
 KC = 256  # k block: a packed panel of B is KC x NR (64 KB of float32, in L2)
@@ -70,12 +70,8 @@ def _pack_nb(bp, b, b_t, colsum):
             k0 = kb * kblk
             kc = min(kblk, K - k0)
             dst = bp[kb, p]
-            if b_t:  # B[k, j] = b[j, k]: rows of b into columns of the panel, 16 k at a time (in L1)
-                for k1 in range(0, kc, 16):
-                    for c in range(w):
-                        src = b[jp + c, k0 + k1 :]
-                        for k in range(min(16, kc - k1)):
-                            dst[k1 + k, c] = src[k]
+            if b_t:  # B[k, j] = b[j, k]: a w x kc block of b, transposed into the panel in 8 x 8 blocks
+                transpose_block(dst, b[jp : jp + w, k0 : k0 + kc], w, kc)
             else:
                 for k in range(kc):
                     src, d = b[k0 + k, jp : jp + w], dst[k]

@@ -21,7 +21,14 @@ compiled where they came from the on-disk cache (seen on the fused attention and
 cross-entropy backward, about 1e-8; a Numba cache effect, the same on main before issue 17's
 changes). Both builds then stay as they are, so a second run compares cached with cached.
 
-Does not: run PyTorch (bench_train.py does), or compare anything but backend auto.
+Threads: the constants come from bench_train.py, which imports PyTorch first when it is
+installed, so both versions then run on PyTorch's OpenMP runtime and its thread-wait policy
+(kernels/jit.py, SPIN_COUNT), as in bench_train.py; both alike. The kept export's kernel cache is
+beside it only if that directory is private to you (kernels/jit.py, `cache_dir`); otherwise
+wherever NUMBA_CACHE_DIR points.
+
+Does not: run PyTorch (bench_train.py does), compare anything but backend auto, or compare a
+commit whose GPT / AdamW interfaces differ from this checkout's (it then stops with their error).
 """
 import argparse
 import importlib
@@ -34,10 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import BETAS, CONFIGS, EPS, LR, WD  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # this checkout's package, whatever is installed
+from bench_train import BETAS, CONFIGS, EPS, LR, WD  # noqa: E402  (imports torch first when installed, as there)
 OTHER = "nanotransformer_before"  # the package name the other commit is imported under
 
 
@@ -51,14 +57,19 @@ def export_dir(sha):
 
 def import_commit(rev):
     """The package of commit `rev`, exported once (export_dir) and imported as OTHER."""
-    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", rev + "^{commit}"],
-                         capture_output=True, text=True).stdout.strip()  # fmt: skip
+    try:
+        sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", rev + "^{commit}"],
+                             capture_output=True, text=True).stdout.strip()  # fmt: skip
+    except OSError as e:  # no git
+        sys.exit(f"--before: cannot run git ({e})")
     if not sha:
         sys.exit(f"--before: expected a commit of {ROOT}, got {rev!r}")
     where = export_dir(sha)
     if not (where / OTHER).is_dir():
         where.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha, "nanotransformer"], capture_output=True, check=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha, "nanotransformer"], capture_output=True)
+        if archive.returncode:
+            sys.exit(f"--before: commit {rev} has no nanotransformer/ to compare ({archive.stderr.decode().strip()})")
         (where / "src.tar").write_bytes(archive.stdout)
         with tarfile.open(where / "src.tar") as t:
             t.extractall(where / "tmp", filter="data")
@@ -90,11 +101,17 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=3, help="training steps per block")
     args = ap.parse_args(argv)
     names = [c for c in args.configs.split(",") if c]
+    if not names:
+        ap.error(f"--configs: expected some of {list(CONFIGS)}, got {args.configs!r}")
     for c in names:
         if c not in CONFIGS:
             ap.error(f"--configs: unknown config {c!r}, expected some of {list(CONFIGS)}")
     if args.rounds < 2 or args.steps < 1:
         ap.error(f"--rounds: expected at least 2 and --steps at least 1, got {args.rounds} and {args.steps}")
+    import nanotransformer
+
+    if Path(nanotransformer.__file__).resolve().parents[1] != ROOT:
+        sys.exit(f"ab_train.py: 'nanotransformer' resolves to {nanotransformer.__file__}, not to this checkout {ROOT}")
     import_commit(args.before)
     for name in names:
         cfg = CONFIGS[name]

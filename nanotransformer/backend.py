@@ -87,8 +87,10 @@ OP_PAIRS = {
 #                          421 vs 310, 363; bpe 904, 1108 vs 866, 949; tiny 871, 1133 vs 856, 1592;
 #                          GPT-2 124M 48-50 vs 44-45 (benchmarks/README.md, "Threads that wait
 #                          briefly"). Until then (threads sleeping at once) BLAS won there, 2-3x.
-#   attention      numba   1.41, 2.20, 1.63  fused, causal-aware, no T x T matrix (with jit.gemm_nb's
-#                          4 x 64 tiles, issue 17: 2.34, 3.23, 2.31)
+#   attention      numba   1.41, 2.20, 1.63  fused, causal-aware, no T x T matrix (a rerun with jit.gemm_nb's
+#                          4 x 64 tiles, issue 17: 2.34, 3.23, 2.31; most of the rise is the hour of
+#                          the machine, the tiles' own share is 1.0-1.15x: benchmarks/README.md,
+#                          "Attention's wide tiles and the embedding scatter")
 #   layernorm      numba   2.13, 8.04, 3.55
 #   rmsnorm        numba   1.75, 5.30, 2.44  (median of 3 runs, load 0.4-1.5; README "RMSNorm and RoPE")
 #   rope           numba   5.18, 7.16, 6.24  q and k on split_heads views (same 3 runs)

@@ -30,7 +30,7 @@ SwiGLU's c_fc is (C, 2 d_ff): [W_gate | W_up]; QK-norm adds "attn.q_norm.w", "at
 LoRA is a switch of the block, not a copy of it: `block_forward(..., lora=...)` hands the
 sub-layers `layers.LoRAWeight`s and `backend.lora_ops(ops)` runs them (see `lora.py`).
 
-The hot ops (linear, attention, layer norm, RMSNorm, RoPE, GELU) are whatever `ops` holds: the NumPy reference
+The hot ops (linear, attention, layer norm, RMSNorm, RoPE, GELU, the embedding) are whatever `ops` holds: the NumPy reference
 or the Numba kernels (`backend.get_ops`), so every model runs on the kernels. Attention itself
 is `attention.mha_forward` / `cross_attention_forward`, the MLP `layers.mlp_forward`.
 

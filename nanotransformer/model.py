@@ -33,7 +33,7 @@ weight decay applies to. Names mirror GPT-2's (wte, wpe, h.{i}.ln_1.w, h.{i}.att
 The model is the three pieces of `block.py` that every model shares: the embedding front end,
 a stack of L of the one transformer block (causal, pre-norm) and the (tied or own) head; the parameters
 live in one `params.ParamStore`. The hot ops (linear, attention, layernorm, rmsnorm,
-rope, gelu, cross-entropy) come from `backend.get_ops(config.backend)`, so the Numba kernels replace the
+rope, gelu, cross-entropy, embedding) come from `backend.get_ops(config.backend)`, so the Numba kernels replace the
 NumPy reference without touching this file.
 
 Dimension legend: B batch, T time, C channels (d_model), NH heads, NKV key/value heads, hs head

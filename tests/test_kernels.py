@@ -6,7 +6,7 @@ SIMD lanes, per-chunk partial sums), so bit-equality is not expected, only round
 agreement.
 
 Shapes cover T = 1, odd T, head size 1, sizes that fill the register tiles (the attention
-products' 4 x 32, the linear layers' packed 4 x 64) and sizes that leave edges beside them, and (when compiled) sizes past its KC / NC cache blocks and
+products' 4 x 64 and 4 x 32, the linear layers' packed 4 x 64) and sizes that leave edges beside them, and (when compiled) sizes past its KC / NC cache blocks and
 the attention's R-row query blocks. Run with NUMBA_DISABLE_JIT=1 to execute the same kernels as plain Python
 (for coverage); the large-shape cases are skipped there to keep the run short.
 """
@@ -151,8 +151,8 @@ def _attention(B, NH, Tq, Tk, hs, hv=None, causal=True):
 
 CASES = {
     "linear_T1": _linear(2, 1, 8, 12),
-    "linear_odd": _linear(2, 5, 7, 9),  # smaller than one 4 x 32 tile: the row-by-row edge path
-    "linear_tiles": _linear(2, 3, 5, 70),  # 6 x 70: whole 4 x 32 tiles plus a row and a column edge
+    "linear_odd": _linear(2, 5, 7, 9),  # 10 x 9: narrower than one 4 x 64 tile, so partial tiles only
+    "linear_tiles": _linear(2, 3, 5, 70),  # 6 x 70: one whole 4 x 64 tile plus a row and a column edge
     "linear_nobias": _linear(1, 3, 5, 6, bias=False),
     "linear_1x1": _linear(1, 1, 1, 1),
     "linear_decode": _linear(1, 1, 16, 300),  # one row (the few-row kernel), more than one 256-column task
@@ -573,14 +573,34 @@ def test_linear_any_leading_dims(rng):
         (lambda r: K.adamw_update(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(3), 0, 1e-3), "t"),
         (lambda r: K.adamw_update(np.zeros(3), np.zeros(4), np.zeros(3), np.zeros(3), 1, 1e-3), "g"),
         (lambda r: K.adamw_update(np.zeros((3, 2)).T, np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((2, 3)), 1, 1e-3), "p"),
+        (lambda r: K.embedding_backward(r.standard_normal((2, 3)), (np.array([0, 5]), 5)), "cache ids"),  # would write past dtable
+        (lambda r: K.embedding_backward(r.standard_normal((3, 3)), (np.array([0, 4]), 5)), "dout"),
     ],
     ids=["linear_shape", "linear_dtype", "layernorm_w", "rmsnorm_w", "rmsnorm_dtype", "rmsnorm_eps", "rope_odd_hs",
-         "rope_offset", "rope_theta", "rope_1d", "rope_dout", "gelu_int", "ce_range", "ce_shape", "att_v", "att_causal", "adamw_t", "adamw_g", "adamw_strided"],
+         "rope_offset", "rope_theta", "rope_1d", "rope_dout", "gelu_int", "ce_range", "ce_shape", "att_v", "att_causal", "adamw_t", "adamw_g", "adamw_strided",
+         "embedding_ids", "embedding_dout"],
 )
 def test_wrappers_validate(call, arg, rng):
     """Wrappers validate (kernels never do): one ValueError naming the argument."""
     with pytest.raises(ValueError, match=rf"^{arg}:"):
         call(rng)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_embedding_scatter_same_bits_as_add_at(threads, rng):
+    """The scatter-add sums each element in token order, as np.add.at does (chapters 02 and 10 say
+    the bits agree), whatever the thread count: float32, ids repeating many times."""
+    import numba
+
+    ids = rng.integers(0, 7, size=(16, 64))
+    dout = rng.standard_normal((16, 64, 200)).astype(np.float32)  # 200 columns: four CW-wide chunks
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        got = K.embedding_backward(dout, (ids, 9))
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(got, L.embedding_backward(dout, (ids, 9)))
 
 
 def _float_kernels():

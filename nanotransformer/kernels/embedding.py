@@ -15,13 +15,14 @@ row in token order. Two tokens with the same id then never race (they are in the
 after the other), and each element of dtable is summed in the order np.add.at uses, whatever
 the thread count.
 
-Does not: check that the ids are in range (the forward did, and the cache holds the same ids).
+The wrapper checks the cache's ids against V again (the forward did, but the kernel indexes
+dtable with them unchecked: an id out of range would write outside it).
 """
 import numpy as np
 from numba import prange
 
 from .. import layers as reference
-from ..validation import check_array
+from ..validation import check_array, check_ids
 from .jit import kernel, run
 
 CW = 64  # columns per task: 64 floats, 4 cache lines of each row
@@ -48,6 +49,7 @@ embedding_forward = reference.embedding_forward  # a gather: NumPy's own is one 
 def embedding_backward(dout, cache):
     """dout: (..., C) -> dtable: (V, C); cache = (ids, V) from `embedding_forward`"""
     ids, V = cache
+    check_ids("cache ids", ids, V)  # the kernel writes dtable[ids[n]] unchecked
     check_array("dout", dout, floating=True, shape=ids.shape + (None,))
     d2 = np.ascontiguousarray(dout.reshape(ids.size, dout.shape[-1]))  # (N, C)
     dtable = np.zeros((V, d2.shape[1]), dtype=d2.dtype)

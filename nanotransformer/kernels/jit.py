@@ -18,7 +18,8 @@
   code, so in a package directory that another user owns (a shared install) it goes to a per-user
   directory instead; set at import, before any kernel is defined (see "On-disk cache").
 
-Dimension legend: out = A @ b with A (M, K) and b (K, N); MR x NR register tile, KC k block.
+Dimension legend: out = A @ b with A (M, K) and b (K, N); MR x WIDE_NR and MR x NR register tiles,
+KC k block.
 
 Does not: implement any op (each has its own module) or validate arguments (the op modules'
 wrappers do; nothing here is called with unchecked user input).
@@ -272,7 +273,7 @@ def row_max(row, n):
 #    no horizontal sums, so a short k (64, the head size) costs nothing extra. Columns past the
 #    last multiple of 64 take one 4 x 32 tile (NR), then row by row. The 64-wide tile ran 1.2-1.45x
 #    faster than the 4 x 32 one alone (likely because 8 registers of sums are too few to cover
-#    the FMA latency), and attention's backward at T = 256, hs = 64 1.2x (benchmarks/README.md,
+#    the FMA latency), and attention's backward at T = 256, hs = 64 1.15x (benchmarks/README.md,
 #    "Attention's wide tiles and the embedding scatter"). Both widths come from one source
 #    (`_tiles_of`), and every element is the same sum over k in the same order at either width.
 #    How the sums stay in registers: they are a (4, nr) array on the stack (`_scratch_tile_of`), indexed

@@ -275,7 +275,7 @@ def row_max(row, n):
 #    faster than the 4 x 32 one alone (likely because 8 registers of sums are too few to cover
 #    the FMA latency), and attention's backward at T = 256, hs = 64 1.15x (benchmarks/README.md,
 #    "Attention's wide tiles and the embedding scatter"). Both widths come from one source
-#    (`_tiles_of`), and every element is the same sum over k in the same order at either width.
+#    (`_tile_of`), and every element is the same sum over k in the same order at either width.
 #    How the sums stay in registers: they are a (4, nr) array on the stack (`_scratch_tile_of`), indexed
 #    only by loop counters with constant bounds; LLVM unrolls those loops, replaces the array by
 #    scalars and packs the scalars into SIMD registers. Two details matter, measured: the four
@@ -328,22 +328,32 @@ tile_scratch = _scratch_tile_of(WIDE_NR)
 _narrow_scratch = _scratch_tile_of(NR)
 
 
-def _tiles_of(nr):
-    """gemm_nb's register-tile pair for an MR x nr tile, nr = NR or WIDE_NR: (tile, tile_t). One
-    source for both widths: nr is the closures' only free variable, which Numba freezes into the
-    compiled code as a constant, so the loops over it unroll as if it were written out (and the
-    on-disk cache, which keys a closure on its free variables, keeps the two widths apart)."""
+def _tile_of(nr, a_t):
+    """A register-tile function of gemm_nb, for an MR x nr tile (nr = NR or WIDE_NR) and A = a.T or
+    not (a_t). One source for all four: nr and a_t are the closure's only free variables, which
+    Numba freezes into the compiled code as constants, so the loops over nr unroll as if written
+    out and the branch on a_t is decided at compile time (a branch decided at run time, inside the
+    k loop, cost 2x: measured). The on-disk cache keys a closure on its free variables, which
+    keeps the four apart. (Nor is the k loop shared through a helper taking `acc`: handed to a
+    call, the sums stay in memory instead of registers, measured 7x slower.)
+
+    tile(out, a, b, i, j, k0, k1, add): out[i:i+4, j:j+nr] (+)= A[i:i+4, k0:k1] @ b[k0:k1, j:j+nr]
+    with the 4 x nr sums in registers (see the section comment), A = a.T if a_t else a. `add`:
+    accumulate into out, else overwrite it.
+    """
 
     @njit(**JIT)
     def tile(out, a, b, i, j, k0, k1, add):
-        """out[i:i+4, j:j+nr] (+)= a[i:i+4, k0:k1] @ b[k0:k1, j:j+nr] with the 4 x nr sums in
-        registers (see the section comment). `add`: accumulate into out, else overwrite it."""
         acc = tile_scratch(out[i, j]) if nr == WIDE_NR else _narrow_scratch(out[i, j])
         for r in range(MR):
             for c in range(nr):
                 acc[r, c] = 0
         for k in range(k0, k1):
-            x0, x1, x2, x3 = a[i, k], a[i + 1, k], a[i + 2, k], a[i + 3, k]
+            if a_t:  # A = a.T: 4 adjacent numbers of row k of a
+                ak = a[k, i : i + MR]
+                x0, x1, x2, x3 = ak[0], ak[1], ak[2], ak[3]
+            else:
+                x0, x1, x2, x3 = a[i, k], a[i + 1, k], a[i + 2, k], a[i + 3, k]
             bk = b[k, j : j + nr]
             for c in range(nr):
                 y = bk[c]
@@ -356,36 +366,11 @@ def _tiles_of(nr):
             for c in range(nr):
                 o[c] = o[c] + acc[r, c] if add else acc[r, c]
 
-    @njit(**JIT)
-    def tile_t(out, a, b, i, j, k0, k1, add):
-        """tile with A = a.T: out[i:i+4, j:j+nr] (+)= a[k0:k1, i:i+4].T @ b[k0:k1, j:j+nr]. A
-        separate function, not a flag: a branch inside the k loop costs 2x (measured). Nor is the
-        k loop shared through a helper taking `acc`: handed to a call, the sums stay in memory
-        instead of registers (measured: 7x slower)."""
-        acc = tile_scratch(out[i, j]) if nr == WIDE_NR else _narrow_scratch(out[i, j])
-        for r in range(MR):
-            for c in range(nr):
-                acc[r, c] = 0
-        for k in range(k0, k1):
-            ak = a[k, i : i + MR]
-            x0, x1, x2, x3 = ak[0], ak[1], ak[2], ak[3]
-            bk = b[k, j : j + nr]
-            for c in range(nr):
-                y = bk[c]
-                acc[0, c] += x0 * y
-                acc[1, c] += x1 * y
-                acc[2, c] += x2 * y
-                acc[3, c] += x3 * y
-        for r in range(MR):  # the store: out (+)= acc
-            o = out[i + r, j : j + nr]
-            for c in range(nr):
-                o[c] = o[c] + acc[r, c] if add else acc[r, c]
-
-    return tile, tile_t
+    return tile
 
 
-_tile_nb, _tile_t_nb = _tiles_of(NR)
-_wide_tile_nb, _wide_tile_t_nb = _tiles_of(WIDE_NR)
+_tile_nb, _tile_t_nb = _tile_of(NR, False), _tile_of(NR, True)
+_wide_tile_nb, _wide_tile_t_nb = _tile_of(WIDE_NR, False), _tile_of(WIDE_NR, True)
 
 
 @njit(**JIT)

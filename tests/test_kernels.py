@@ -5,8 +5,10 @@ assert_allclose(rtol=1e-4, atol=1e-5). The kernels sum in a different order from
 SIMD lanes, per-chunk partial sums), so bit-equality is not expected, only rounding-level
 agreement.
 
-Shapes cover T = 1, odd T, head size 1, sizes that fill the register tiles (the attention
-products' 4 x 64 and 4 x 32, the linear layers' packed 4 x 64) and sizes that leave edges beside them, and (when compiled) sizes past its KC / NC cache blocks and
+Shapes cover T = 1, odd T, head size 1, sizes that fill the register tiles (jit.TILES: the
+attention products' 4 x 64 and 4 x 32 strip with AVX-512, 4 x 16 and 4 x 8 with AVX2, the linear
+layers' packed 4 x 64 or 4 x 16) and sizes that leave edges beside them, and (when compiled)
+sizes past its KC / NC cache blocks and
 the attention's R-row query blocks. Run with NUMBA_DISABLE_JIT=1 to execute the same kernels as plain Python
 (for coverage); the large-shape cases are skipped there to keep the run short.
 """
@@ -151,8 +153,8 @@ def _attention(B, NH, Tq, Tk, hs, hv=None, causal=True):
 
 CASES = {
     "linear_T1": _linear(2, 1, 8, 12),
-    "linear_odd": _linear(2, 5, 7, 9),  # 10 x 9: narrower than one 4 x 64 tile, so partial tiles only
-    "linear_tiles": _linear(2, 3, 5, 70),  # 6 x 70: one whole 4 x 64 tile plus a row and a column edge
+    "linear_odd": _linear(2, 5, 7, 9),  # 10 x 9: narrower than one 4 x 16 tile, so partial tiles only
+    "linear_tiles": _linear(2, 3, 5, 70),  # 6 x 70: whole 4 x 64 (or 4 x 16) tiles plus a row and a column edge
     "linear_nobias": _linear(1, 3, 5, 6, bias=False),
     "linear_1x1": _linear(1, 1, 1, 1),
     "linear_decode": _linear(1, 1, 16, 300),  # one row (the few-row kernel), more than one 256-column task
@@ -195,13 +197,16 @@ CASES = {
     "attention_tiles": _attention(1, 1, 37, 37, 32),  # head size one 32-wide tile; Tk past one tile
 }
 BIG_CASES = {
-    # past the packed matmul's KC = 256 k block and its 256 x 256 tasks, and not a multiple of anything
-    "linear_blocked": _linear(1, 37, 600, 133),
+    # past the packed matmul's KC k block (256 or 1024) in the forward (K = C_in = 1100; dw's K past
+    # 1024 is test_product_every_layout's 9 x 1030 x 24, at a scale the tolerance holds for) and
+    # its 256 x 256 tasks, and not a multiple of anything
+    "linear_blocked": _linear(1, 37, 1100, 133),
     "attention_T256": _attention(1, 2, 256, 256, 16),
     "attention_kvcache_long": _attention(1, 1, 67, 200, 8),
-    # jit.gemm_nb's 4 x 64 tiles, then one 4 x 32 strip, then the last columns row by row:
-    "attention_wide_tiles": _attention(1, 1, 100, 100, 64),  # head size one wide tile; keys 64 + 32 + 4
-    "attention_wide_and_narrow": _attention(1, 2, 9, 150, 96, hv=117, causal=False),  # 64 + 32; 64 + 32 + 21
+    # jit.gemm_nb's wide tiles, then one narrow strip, then the last columns row by row (AVX-512's
+    # 64 and 32 columns; AVX2's 16 and 8):
+    "attention_wide_tiles": _attention(1, 1, 108, 108, 64),  # head size 64; keys 64 + 32 + 12, or 6 x 16 + 8 + 4
+    "attention_wide_and_narrow": _attention(1, 2, 9, 150, 96, hv=125, causal=False),  # 96: 64 + 32 (6 x 16); hv 125: 64 + 32 + 29, or 7 x 16 + 8 + 5
     "cross_entropy_bpe": _cross_entropy(2, 9, 4096),
     "rope_small": _rope(8, 6, 256, 64, offset=3, view=True),
 }
@@ -312,11 +317,12 @@ def test_matmul_512(rng):
     assert_parity(K.matmul(a, b), a @ b, np.float64, "matmul 512")
 
 
-# M (rows of out) x K x Nc: one row (decoding), T = 1, the edges of the 4 x 64 register tile and of
-# the 256 x 256 packed block of B (KC, NC), and K = 0
+# M (rows of out) x K x Nc: one row (decoding), T = 1, the edges of the register tile (4 x 64 or 4 x
+# 16) and of the packed blocks of B (KC = 256 or 1024 rows, 256-column tasks), and K = 0
 PACKED_SHAPES = [(1, 1, 1), (1, 16, 300), (3, 5, 63), (4, 64, 64), (5, 7, 65), (9, 20, 129), (130, 0, 70),
                  pytest.param(67, 300, 130, marks=big), pytest.param(9, 257, 129, marks=big),
-                 pytest.param(260, 256, 257, marks=big), pytest.param(2, 513, 520, marks=big)]  # fmt: skip
+                 pytest.param(260, 256, 257, marks=big), pytest.param(2, 513, 520, marks=big),
+                 pytest.param(9, 1030, 24, marks=big)]  # fmt: skip
 
 
 @pytest.mark.parametrize("M, K_, N", PACKED_SHAPES)
@@ -374,7 +380,8 @@ def test_packed_product_same_bits_for_any_split(rng):
     for split in ((256, 256), (4, 64), (64, 128), (300, 384)):
         sums = np.zeros(333, np.float32)
         out = np.empty((300, 333), np.float32)
-        bp = np.empty((3, 6, KL.KC, KL.NR), np.float32)  # 600 = 2 KC + 88 rows, 333 = 5 NR + 13 columns
+        kblk = min(KL.KC, 600)  # 600 = 2 x 256 + 88 rows (AVX-512's KC), or one block (AVX2's 1024)
+        bp = np.empty((-(-600 // kblk), -(-333 // KL.NR), kblk, KL.NR), np.float32)  # 333: a partial last panel
         KL._pack_nb(bp, b, False, sums)
         KL._gemm_nb(out, a, bp, np.empty(0, np.float32), False, False, *split)
         runs.append((out, sums))
@@ -387,8 +394,13 @@ def test_packed_product_same_bits_for_any_split(rng):
         np.testing.assert_array_equal(KL._product(a, b), runs[0][0])  # (300 rows: the packed kernel)
     finally:
         numba.set_num_threads(threads)
-    assert KL._split(2048, 1152, 2) == (256, 256) and KL._split(128, 65, 2) == (64, 64)
-    assert KL._split(1, 300, 2) == (4, 64)
+    for M, Nc in ((2048, 1152), (128, 65), (1, 300), (384, 384), (4, 8)):
+        rows, cols = KL._split(M, Nc, 2)
+        assert rows % KL.MR == 0 and cols % KL.NR == 0 and rows <= 256 and cols <= 256, (M, Nc)
+        n_i, n_j = -(-M // rows), -(-Nc // cols)
+        assert n_i * n_j >= 4 or (rows, cols) == (KL.MR, KL.NR), (M, Nc)  # 2 tasks per thread, if it can
+        assert (n_i - 1) * rows < M and (n_j - 1) * cols < Nc, (M, Nc)  # no empty task
+    assert KL._split(384, 384, 2) == (192, 192) and KL._split(1, 300, 2) == (4, 64)  # evened: not 256 + 128
 
 
 @numba.njit

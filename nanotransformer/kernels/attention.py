@@ -10,8 +10,9 @@ Forward, per (batch, head) and query row i, in one pass:
     out_i = sum_j exp(s_j - m) / l * v_j
 computed for a block of R query rows at a time (an R x Tk scratch array per thread, not the
 Tq x Tk attention matrix, which is never stored). The products S = Q K^T and P V run on the
-matmul's 4 x 64 and 4 x 32 register tiles (`jit.gemm_nb`), each 4-row tile only as wide as its
-last row may see (the causal triangle, rounded up to 32 keys), so the masked half is skipped rather
+matmul's register tiles (`jit.gemm_nb`: 4 x 64 and a 4 x 32 strip with AVX-512, 4 x 16 and 4 x 8
+with AVX2), each 4-row tile only as wide as its last row may see (the causal triangle, rounded up
+to whole strips: jit.NR keys), so the masked half is skipped rather
 than computed and discarded. The cache keeps q, k, v, out and the row log-sum-exp `lse` (Tq
 numbers per head).
 

@@ -6,11 +6,13 @@
 - `exp`, `tanh`: scalar exp and tanh for use inside kernels: NumPy-accurate libm calls in float64,
   vectorisable polynomial versions in float32 (libm's are scalar calls that block SIMD; this
   Numba has no SVML). `row_max`: the max of a row, four comparisons in flight.
-- `gemm_nb`: the blocked matrix product on 4 x 64 register tiles (`MR` x `WIDE_NR`), then a
-  4 x 32 one (`NR`) for the columns left, with its operands read in place, which `attention.py`
-  runs per (batch, head); `tile_scratch`: the 4 x 64 scratch tile, shared with the linear
-  layers' packed product (`linear.py`); `transpose_block`: a small blocked transpose inside a
-  kernel (`TB`).
+- `gemm_nb`: the blocked matrix product on MR x WIDE_NR register tiles, then one MR x NR strip
+  for the columns left, with its operands read in place, which `attention.py` runs per (batch,
+  head); `tile_scratch`: the MR x WIDE_NR scratch tile, shared with the linear layers' packed
+  product (`linear.py`); `transpose_block`: a small blocked transpose inside a kernel (`TB`).
+- `TILE`: the register-tile sizes for this CPU's vector registers (`TILES`: 4 x 64 with AVX-512,
+  4 x 16 with AVX2), chosen at import (`simd_of`; the environment variable NANOTRANSFORMER_SIMD
+  overrides it).
 - Thread pool setup (`GOMP_SPINCOUNT`: idle threads spin briefly, then sleep) and `num_threads`.
 - `cache_depends_on_this_file`: ties the on-disk cache of every kernel to this file's contents
   too, because the helpers here are inlined into kernels defined elsewhere (see the last section).
@@ -30,8 +32,10 @@ import os
 import stat
 import types as types_
 import warnings
+from collections import namedtuple
 from pathlib import Path
 
+import llvmlite.binding
 import numba
 import numpy as np
 from llvmlite import ir
@@ -266,29 +270,70 @@ def row_max(row, n):
 # (`a_t`), so that x @ w, dout @ w.T (w transposed once) and x.T @ dout (dW) need no copy of the
 # big operand. Three levels of blocking, from the inside out:
 #
-# 1. Register tile (MR x WIDE_NR = 4 x 64): the 256 running sums of a 4-row, 64-column block of
-#    out live in registers (16 AVX-512 registers in float32) for a whole stretch of k. Each step
-#    of k loads one 64-wide row of b (SIMD loads) and 4 numbers of A (broadcasts), and does 256
-#    multiply-adds: the "outer-product" form of a GEMM micro-kernel (BLIS, OpenBLAS). There are
-#    no horizontal sums, so a short k (64, the head size) costs nothing extra. Columns past the
-#    last multiple of 64 take one 4 x 32 tile (NR), then row by row. The 64-wide tile ran 1.2-1.45x
-#    faster than the 4 x 32 one alone (likely because 8 registers of sums are too few to cover
-#    the FMA latency), and attention's backward at T = 256, hs = 64 1.15x (benchmarks/README.md,
-#    "Attention's wide tiles and the embedding scatter"). Both widths come from one source
+# 1. Register tile (MR x WIDE_NR, 4 x 64 with AVX-512): the running sums of a 4-row block of out
+#    live in registers (16 of AVX-512's 32 in float32) for a whole stretch of k. Each step of k
+#    loads one WIDE_NR-wide row of b (SIMD loads) and 4 numbers of A (broadcasts), and does
+#    4 WIDE_NR multiply-adds: the "outer-product" form of a GEMM micro-kernel (BLIS, OpenBLAS).
+#    There are no horizontal sums, so a short k (64, the head size) costs nothing extra. Columns
+#    past the last multiple of WIDE_NR take one MR x NR strip (NR = WIDE_NR / 2), then row by row.
+#    The width follows the CPU (`TILES` below): the sums take half the vector registers, the rest
+#    hold loads of b and broadcasts of A. On AVX-512 the 64-wide tile ran 1.2-1.45x faster than the
+#    4 x 32 one alone (8 registers of sums too few to cover the FMA latency), and attention's
+#    backward at T = 256, hs = 64 1.15x (benchmarks/README.md, "Attention's wide tiles and the
+#    embedding scatter"). On AVX2 (16 registers of 8 float32) a 4 x 64 tile needs 32 registers of
+#    sums alone: it spills, and the linear layers' product ran at 52-56 % of OpenBLAS's sgemm, 4 x
+#    16 (8 registers) at 86-99 % ("Register tiles per CPU"). Both widths come from one source
 #    (`_tile_of`), and every element is the same sum over k in the same order at either width.
 #    How the sums stay in registers: they are a (4, nr) array on the stack (`_scratch_tile_of`), indexed
 #    only by loop counters with constant bounds; LLVM unrolls those loops, replaces the array by
 #    scalars and packs the scalars into SIMD registers. Two details matter, measured: the four
-#    rows are written out (x0..x3, not a loop over rows), and b is read through a row view
+#    rows are written out (x0..x3, not a loop over rows: 10x slower), and b is read through a row view
 #    `b[k, j:j+nr]` indexed from 0 (Numba wraps negative indices, and an index it cannot prove
 #    non-negative, like j + c, turns SIMD loads into gathers: 10x slower).
-# 2. Cache blocks: a k-block of KC rows of b's 64-column strip (KC x 64 x 4 B = 64 KB, in L2; at
-#    attention's sizes k is the head size or the keys a row sees, mostly far below KC) is reused
-#    while the 4-row tiles of a task's rows sweep over it.
+# 2. Cache blocks: a k-block of KC rows of b's WIDE_NR-column strip (KC x 64 x 4 B = 64 KB with
+#    AVX-512, in L2; at attention's sizes k is the head size or the keys a row sees, mostly far
+#    below KC) is reused while the 4-row tiles of a task's rows sweep over it.
 # 3. Threads: `attention.py` runs it serially inside each (batch, head). (The linear layers'
-#    product packs b into panels first, with the same 4 x 64 tile: `linear.py`.)
+#    product packs b into panels first, with the same MR x WIDE_NR tile: `linear.py`.)
 
-MR, NR = 4, 32  # the narrow register tile: rows x columns of out per micro-kernel call
+Tiles = namedtuple("Tiles", "wide_nr nr linear_kc pack_a_t")
+TILES = {  # per register file; measured: benchmarks/README.md, "Register tiles per CPU"
+    # 32 registers of 16 float32: 4 x 64 sums (16 registers), a 4 x 32 strip; the linear layers'
+    # panels KC = 256 rows deep (64 KB); dW's A = x.T read in place (packing it cost 5-15 %)
+    "avx512": Tiles(wide_nr=64, nr=32, linear_kc=256, pack_a_t=False),
+    # 16 registers of 8 float32: 4 x 16 sums (8 registers), a 4 x 8 strip; panels 1024 rows deep
+    # (64 KB again: small's step 1.11x faster than at 256); A = x.T copied into a contiguous KC x 4
+    # block per row tile, reused by all the task's panels (in place, the KC lines of a.T it touches
+    # and the panel overfill a 32 KB L1: small's step 1.05x faster with the copy)
+    "avx2": Tiles(wide_nr=16, nr=8, linear_kc=1024, pack_a_t=True),
+}
+SIMD_ENV = "NANOTRANSFORMER_SIMD"
+
+
+def simd_of(env, host_features, cpu_name=None, cpu_features=None):
+    """The key of TILES for the CPU Numba compiles for: env[SIMD_ENV] if set (it must be a key of
+    TILES), else "avx512" if that CPU has AVX-512F, else "avx2". host_features: a mapping
+    feature -> bool (llvmlite's host features); cpu_name / cpu_features: Numba's NUMBA_CPU_NAME /
+    NUMBA_CPU_FEATURES if set, which make it compile for another CPU than this one (then only
+    features that string names count, so a bare NUMBA_CPU_NAME gets the AVX2 tiles: correct, and
+    not spilling, on any x86-64 CPU with or without AVX-512)."""
+    want = env.get(SIMD_ENV)
+    if want:
+        if want not in TILES:
+            raise ValueError(f"${SIMD_ENV} (the environment variable): expected one of {', '.join(map(repr, TILES))},"
+                             f" got {want!r}")
+        return want
+    if cpu_features:
+        return "avx512" if "+avx512f" in cpu_features.split(",") else "avx2"
+    if cpu_name:
+        return "avx2"
+    return "avx512" if host_features.get("avx512f") else "avx2"
+
+
+SIMD = simd_of(os.environ, llvmlite.binding.get_host_cpu_features(), numba.config.CPU_NAME, numba.config.CPU_FEATURES)
+TILE = TILES[SIMD]
+
+MR, NR = 4, TILE.nr  # the narrow register tile: rows x columns of out per micro-kernel call
 KC = 256  # k block
 
 
@@ -323,7 +368,7 @@ def _scratch_tile_of(cols):
     return scratch_tile
 
 
-WIDE_NR = 64  # the wide register tile: MR x 64 (gemm_nb's main tile, and the linear layers' packed one)
+WIDE_NR = TILE.wide_nr  # the wide register tile (gemm_nb's main tile, and the linear layers' packed one)
 tile_scratch = _scratch_tile_of(WIDE_NR)
 _narrow_scratch = _scratch_tile_of(NR)
 
@@ -397,12 +442,12 @@ def gemm_nb(out, a, b, i0, i1, j0, j1, kk, add, a_t):
     out: (>= i1, >= j1), a: (>= i1, >= kk) or, if a_t, (>= kk, >= i1), b: (>= kk, >= j1).
     """
     i_full = i0 + (i1 - i0) // MR * MR  # rows [i0, i_full) fill whole tiles
-    j_wide = j0 + (j1 - j0) // WIDE_NR * WIDE_NR  # columns [j0, j_wide) fill 4 x 64 tiles,
-    j_full = j_wide + (j1 - j_wide) // NR * NR  # then at most one 4 x 32 strip
+    j_wide = j0 + (j1 - j0) // WIDE_NR * WIDE_NR  # columns [j0, j_wide) fill MR x WIDE_NR tiles,
+    j_full = j_wide + (j1 - j_wide) // NR * NR  # then at most one MR x NR strip
     for k0 in range(0, max(kk, 1), KC):  # (kk = 0 still runs once, to write the zeros)
         k1 = min(k0 + KC, kk)
         acc = add or k0 > 0  # later k blocks add to what the first one wrote
-        for j in range(j0, j_wide, WIDE_NR):  # b's (KC x 64) strip is reused by every row tile
+        for j in range(j0, j_wide, WIDE_NR):  # b's (KC x WIDE_NR) strip is reused by every row tile
             for i in range(i0, i_full, MR):
                 if a_t:
                     _wide_tile_t_nb(out, a, b, i, j, k0, k1, acc)
@@ -462,7 +507,9 @@ def num_threads():
 # swaps each function's stamp for (its file's stamp, this file's hash): an edit here recompiles
 # every kernel, an edit of an op module only that module's kernels, as before.
 
-_THIS_FILE_SHA256 = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+# The register tiles (TILE) are frozen into the machine code too, and an environment variable can
+# change them (SIMD_ENV), so they are part of the stamp.
+_THIS_FILE_SHA256 = hashlib.sha256(Path(__file__).read_bytes() + repr(TILE).encode()).hexdigest()
 
 
 def cache_depends_on_this_file(*modules):

@@ -5,16 +5,20 @@ Dimension legend: N rows (B * T flattened), C_in/C_out linear sizes; out = A @ B
 and B (K, Nc) for the product itself (Nc: columns of out).
 
 How a product of more than ROWS rows is built (the BLIS / GotoBLAS scheme):
-1. B packed into panels (`_pack_nb`, one parallel pass over B per call): NR columns by KC rows,
+1. B packed into panels (`_pack_nb`, one parallel pass over B per call): NR columns by KC rows
+   (64 KB of float32: 64 x 256 with AVX-512's tile, 16 x 1024 with AVX2's; jit.TILES),
    each panel contiguous, so the micro-kernel reads B as one unit-stride stream whatever B's own
    layout, and the last panel zero-padded (the columns past a multiple of NR run through the full
    tile). B may be a transposed view (w.T for dx = dout @ w.T, wte.T for the tied head): it is
    read as it is, never copied first.
-2. A is read in place: a micro-panel of 4 rows of A (or, for A = a.T as in dw = x.T @ dout, 4
-   adjacent numbers of each row of a) is only KC x 4 numbers and stays in L1 while it sweeps the
-   task's panels. The last < 4 rows are copied into a zero-padded 4-row block.
-3. Register tile: `_tile` / `_tile_t` keep MR x NR = 4 x 64 sums in registers (16 AVX-512
-   registers of float32; jit.gemm_nb, the attention products, has the same width) for a whole KC stretch
+2. A is read in place: a micro-panel of 4 rows of A is only KC x 4 numbers and stays in L1
+   while it sweeps the task's panels. For A = a.T (dw = x.T @ dout) it is 4 adjacent numbers of
+   each of KC rows of a, KC cache lines: read in place with AVX-512's tiles, copied into a
+   contiguous KC x 4 block per row tile with AVX2's (jit.TILE.pack_a_t: KC lines and a panel
+   overfill a 32 KB L1). The last < 4 rows are copied into a zero-padded 4-row block.
+3. Register tile: `_tile` / `_tile_t` keep MR x NR sums in registers (4 x 64 in 16 AVX-512
+   registers of float32, 4 x 16 in 8 AVX2 ones: jit.TILES; jit.gemm_nb, the attention products,
+   has the same width) for a whole KC stretch
    of k and store them straight into out with the epilogue fused: the bias on the first k block,
    or `add` accumulating into what out holds.
 4. Threads: a 2-D grid of tasks over out (row x column blocks, `_split`), each writing only its
@@ -33,7 +37,7 @@ matrix-vector product does it (alone: 24-40 GB/s against 23-32 on GPT-2's four b
 now that the threads spin briefly between kernels instead of sleeping (`jit.SPIN_COUNT`).
 
 Does not: pack A (it is read in place, above), use a narrower tile for the last < NR columns (they
-are zero-padded: a V = 65 head computes 128 columns), or split the k axis of a packed product over
+are zero-padded: a V = 65 head computes 128 columns with AVX-512's tile, 80 with AVX2's), or split the k axis of a packed product over
 threads (every element of out is one task's sequential sum, so results do not depend on the
 thread count; the few-row kernels cut k into a fixed number of chunks for the same reason).
 """
@@ -44,10 +48,11 @@ import numpy as np
 from numba import njit, prange
 
 from ..validation import check_array, check_same_dtype
-from .jit import JIT, MR, kernel, run, tile_scratch, transpose_block
-from .jit import WIDE_NR as NR  # register tile: MR x NR = 4 x 64 (16 zmm registers of float32 sums)
+from .jit import JIT, MR, TILE, kernel, run, tile_scratch, transpose_block
+from .jit import WIDE_NR as NR  # register tile: MR x NR (4 x 64 with AVX-512, 4 x 16 with AVX2)
 
-KC = 256  # k block: a packed panel of B is KC x NR (64 KB of float32, in L2)
+KC = TILE.linear_kc  # k block: a packed panel of B is KC x NR (64 KB of float32, in L2)
+PACK_A_T = TILE.pack_a_t  # copy A = a.T's micro-panels (docstring, 2)
 ROWS = 8  # products of at most this many rows (decoding) read B in place: `_rows_nb`, `_dots_nb`
 KS, QN = 8, 256  # _rows_nb: chunks of k, columns per task of its sum
 QT = 16  # _dots_nb: rows of b per task
@@ -170,6 +175,7 @@ def _gemm_nb(out, a, bp, bias, a_t, add, rows, cols):
         pad = np.empty((MR, NR), out.dtype)  # a partial tile of out
         kblk = bp.shape[2]  # KC, or K itself when K < KC
         edge = np.zeros((kblk, MR) if a_t else (MR, kblk), out.dtype)  # the last < MR rows of A, zero-padded
+        a_blk = np.empty((kblk if PACK_A_T and a_t else 0, MR), out.dtype)  # a whole micro-panel of A = a.T
         for kb in range(bp.shape[0]):
             k0 = kb * kblk
             kc = min(kblk, K - k0)  # (K = 0: one block of kc = 0, so out = bias)
@@ -182,15 +188,21 @@ def _gemm_nb(out, a, bp, bias, a_t, add, rows, cols):
                         edge[r, k] = a[i_full + r, k0 + k]
             for i in range(i_lo, i_hi, MR):
                 h = min(MR, i_hi - i)
+                src, si, sk = (a, i, k0) if h == MR else (edge, 0, 0)  # A's micro-panel
+                if PACK_A_T and a_t and h == MR:  # copied once for all the task's panels
+                    for k in range(kc):
+                        src_k, dst_k = a[k0 + k, i : i + MR], a_blk[k]
+                        for r in range(MR):
+                            dst_k[r] = src_k[r]
+                    src, si, sk = a_blk, 0, 0
                 for j in range(j_lo, j_hi, NR):  # the task's panels, in L2, swept by each row tile
                     w, panel = min(NR, j_hi - j), bp[kb, j // NR]
                     if h == MR and w == NR:  # a whole tile: straight into out, epilogue fused
                         if a_t:
-                            _tile_t(out, i, j, a, i, k0, kc, panel, first, add, bias, j)
+                            _tile_t(out, i, j, src, si, sk, kc, panel, first, add, bias, j)
                         else:
-                            _tile(out, i, j, a, i, k0, kc, panel, first, add, bias, j)
+                            _tile(out, i, j, src, si, sk, kc, panel, first, add, bias, j)
                         continue
-                    src, si, sk = (a, i, k0) if h == MR else (edge, 0, 0)
                     if a_t:  # a partial tile: into `pad`, then the part of it that exists
                         _tile_t(pad, 0, 0, src, si, sk, kc, panel, True, False, bias[:0], 0)
                     else:

@@ -87,6 +87,10 @@ OP_PAIRS = {
 #                          421 vs 310, 363; bpe 904, 1108 vs 866, 949; tiny 871, 1133 vs 856, 1592;
 #                          GPT-2 124M 48-50 vs 44-45 (benchmarks/README.md, "Threads that wait
 #                          briefly"). Until then (threads sleeping at once) BLAS won there, 2-3x.
+#                          On the AVX2 machine (AMD EPYC Zen 1, jit.TILES' 4 x 16 tiles): the op
+#                          alone 0.90 summed, whole steps with the linears on BLAS took 2.8x, 1.6x
+#                          and 1.2x auto's time (tiny, bpe, small; one process, benchmarks/README.md,
+#                          "Register tiles per CPU").
 #   attention      numba   1.41, 2.20, 1.63  fused, causal-aware, no T x T matrix (a rerun with jit.gemm_nb's
 #                          4 x 64 tiles, issue 17: 2.34, 3.23, 2.31; most of the rise is the hour of
 #                          the machine, the tiles' own share is 1.0-1.15x: benchmarks/README.md,

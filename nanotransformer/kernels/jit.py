@@ -278,11 +278,11 @@ def row_max(row, n):
 #    past the last multiple of WIDE_NR take one MR x NR strip (NR = WIDE_NR / 2), then row by row.
 #    The width follows the CPU (`TILES` below): the sums take half the vector registers, the rest
 #    hold loads of b and broadcasts of A. On AVX-512 the 64-wide tile ran 1.2-1.45x faster than the
-#    4 x 32 one alone (8 registers of sums too few to cover the FMA latency), and attention's
+#    4 x 32 one alone (likely 8 registers of sums too few to cover the FMA latency), and attention's
 #    backward at T = 256, hs = 64 1.15x (benchmarks/README.md, "Attention's wide tiles and the
 #    embedding scatter"). On AVX2 (16 registers of 8 float32) a 4 x 64 tile needs 32 registers of
-#    sums alone: it spills, and the linear layers' product ran at 52-56 % of OpenBLAS's sgemm, 4 x
-#    16 (8 registers) at 86-99 % ("Register tiles per CPU"). Both widths come from one source
+#    sums alone: it spills, and the linear layers' product ran at 47-64 % of OpenBLAS's sgemm, 4 x
+#    16 (8 registers) at 78-99 % ("Register tiles per CPU"). Both widths come from one source
 #    (`_tile_of`), and every element is the same sum over k in the same order at either width.
 #    How the sums stay in registers: they are a (4, nr) array on the stack (`_scratch_tile_of`), indexed
 #    only by loop counters with constant bounds; LLVM unrolls those loops, replaces the array by

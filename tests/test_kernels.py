@@ -372,19 +372,21 @@ def test_linear_empty_shapes(rows, C_in, C_out, rng):
 @pytest.mark.skipif(JIT_OFF, reason="thread counts only exist compiled")
 def test_packed_product_same_bits_for_any_split(rng):
     """Every element of out is one task's sequential sum, so the task grid (set from the thread
-    count) changes no bit of the result, nor of the fused column sums."""
+    count) changes no bit of the result, nor of the fused column sums; nor does reading A
+    transposed (the same numbers summed in the same order)."""
     from nanotransformer.kernels import linear as KL
 
     a, b = _randn(rng, np.float32, 300, 600), _randn(rng, np.float32, 600, 333)
     runs = []
     for split in ((256, 256), (4, 64), (64, 128), (300, 384)):
-        sums = np.zeros(333, np.float32)
-        out = np.empty((300, 333), np.float32)
-        kblk = min(KL.KC, 600)  # 600 = 2 x 256 + 88 rows (AVX-512's KC), or one block (AVX2's 1024)
-        bp = np.empty((-(-600 // kblk), -(-333 // KL.NR), kblk, KL.NR), np.float32)  # 333: a partial last panel
-        KL._pack_nb(bp, b, False, sums)
-        KL._gemm_nb(out, a, bp, np.empty(0, np.float32), False, False, *split)
-        runs.append((out, sums))
+        for a_t in (False, True):  # A read as stored, or as a transposed array (dW's x.T; AVX2 copies its micro-panels)
+            sums = np.zeros(333, np.float32)
+            out = np.empty((300, 333), np.float32)
+            kblk = min(KL.KC, 600)  # 600 = 2 x 256 + 88 rows (AVX-512's KC), or one block (AVX2's 1024)
+            bp = np.empty((-(-600 // kblk), -(-333 // KL.NR), kblk, KL.NR), np.float32)  # 333: a partial last panel
+            KL._pack_nb(bp, b, False, sums)
+            KL._gemm_nb(out, np.ascontiguousarray(a.T) if a_t else a, bp, np.empty(0, np.float32), a_t, False, *split)
+            runs.append((out, sums))
     for out, sums in runs[1:]:
         np.testing.assert_array_equal(out, runs[0][0])
         np.testing.assert_array_equal(sums, runs[0][1])

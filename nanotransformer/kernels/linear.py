@@ -28,15 +28,16 @@ How a product of more than ROWS rows is built (the BLIS / GotoBLAS scheme):
 At most ROWS rows (decoding) the product is memory-bound and B is read in place, never packed:
 `_rows_nb` (w as stored) and `_dots_nb` (w transposed, the tied head).
 
-Against BLAS (benchmarks/README.md, "The packed matmul" and "Threads that wait briefly"): the
-product is level with OpenBLAS's sgemm at the large training shapes (90-108 %) and 13-15 % behind
-it at the smallest (1024 x 128 x 384 and x 512); over whole training steps it is ahead (one
-thread pool, no BLAS threads spinning beside the Numba kernels), so `backend.AUTO` runs it for the
-linear layers. At up to 8 rows (decoding) the weights are streamed as fast as OpenBLAS's
+Against BLAS (benchmarks/README.md, "The packed matmul", "Threads that wait briefly" and
+"Register tiles per CPU"): with AVX-512 the product is level with OpenBLAS's sgemm at the large
+training shapes (90-108 %) and 13-15 % behind it at the smallest (1024 x 128 x 384 and x 512);
+with AVX2 it runs at 88-96 % and 78 %. Over whole training steps it is ahead (one thread pool, no
+BLAS threads spinning beside the Numba kernels), so `backend.AUTO` runs it for the linear layers. At up to 8 rows (decoding) the weights are streamed as fast as OpenBLAS's
 matrix-vector product does it (alone: 24-40 GB/s against 23-32 on GPT-2's four block matrices)
 now that the threads spin briefly between kernels instead of sleeping (`jit.SPIN_COUNT`).
 
-Does not: pack A (it is read in place, above), use a narrower tile for the last < NR columns (they
+Does not: pack A as a whole (it is read in place, or with AVX2 a transposed A's micro-panels are
+copied one at a time, above), use a narrower tile for the last < NR columns (they
 are zero-padded: a V = 65 head computes 128 columns with AVX-512's tile, 80 with AVX2's), or split the k axis of a packed product over
 threads (every element of out is one task's sequential sum, so results do not depend on the
 thread count; the few-row kernels cut k into a fixed number of chunks for the same reason).

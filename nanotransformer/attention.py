@@ -244,7 +244,8 @@ def mha_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head, causal=True, key_paddin
     if (q_norm is None) != (k_norm is None):
         raise ValueError("q_norm, k_norm: expected both or neither")
     qkv, qkv_cache = ops.linear_forward(x, w_qkv, b_qkv)  # (B, T, C + 2 NKV hs)
-    q, k, v = np.split(qkv, np.cumsum(sizes)[:2], axis=-1)
+    nq, nk, _ = sizes
+    q, k, v = qkv[..., :nq], qkv[..., nq : nq + nk], qkv[..., nq + nk :]  # views; np.split costs ~20 us a call
     q, k, v = split_heads(q, n_head), split_heads(k, n_kv_head), split_heads(v, n_kv_head)  # (B, NH|NKV, T, hs)
     qn_c = kn_c = rq_c = rk_c = None
     if q_norm is not None:

@@ -6,6 +6,7 @@ public wrappers and the NumPy layers call these helpers first.
 
 Does not: coerce or copy anything. A check either passes silently or raises.
 """
+import math
 from dataclasses import asdict, fields
 
 import numpy as np
@@ -44,7 +45,9 @@ def check_number(name, value, above=None, *, at_least=None):
     if (above is None) == (at_least is None):
         raise TypeError("check_number: expected exactly one of above, at_least")
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    ok = ok and np.isfinite(value) and (value > above if above is not None else value >= at_least)
+    # math.isfinite, not np.isfinite (1 us on a scalar: this runs per call of a decoding step); an
+    # integer is finite, and math.isfinite would overflow on one beyond float range
+    ok = ok and (isinstance(value, (int, np.integer)) or math.isfinite(value)) and (value > above if above is not None else value >= at_least)
     if not ok:
         bound = f"> {above:g}" if above is not None else f">= {at_least:g}"
         raise ValueError(f"{name}: expected a finite number {bound}, got {value!r}")

@@ -158,11 +158,17 @@ class KVCache:
     With the cache, decoding one more token costs one row of attention instead of re-running
     the whole prefix: the new token's query attends to the cached keys (`attention_forward`'s
     Tq < Tk causal offset) and its own key and value are appended.
+
+    Storage: `k[i]`, `v[i]` are views of the first T_seen rows of buffers (B, NKV, N, hs) that
+    double in length N when full, so appending a token copies that token, not the whole cache
+    (np.concatenate would copy all T_seen rows per token: O(T^2) over a long generation), and
+    the Numba attention reads the keys in place (`kernels.attention._leading_rows`).
     """
 
     def __init__(self, n_layer):
         self.k = [None] * n_layer
         self.v = [None] * n_layer
+        self._buf = [None] * n_layer  # (k_buf, v_buf) per layer, or None
 
     def __len__(self):
         """Number of positions cached (the position of the next token)."""
@@ -173,22 +179,30 @@ class KVCache:
         return 0 if self.k[i] is None else self.k[i].shape[2]
 
     def nbytes(self):
-        """Bytes held: 2 (k, v) x L x B x NKV x T_seen x hs x itemsize. Grouped-query attention
-        stores NKV heads, not NH: NH / NKV times less."""
+        """Bytes of the cached keys and values: 2 (k, v) x L x B x NKV x T_seen x hs x itemsize.
+        Grouped-query attention stores NKV heads, not NH: NH / NKV times less. (The buffers hold
+        up to twice this: room for the positions still to come.)"""
         return sum(t.nbytes for t in self.k + self.v if t is not None)
 
     def append(self, i, k, v):
         """Add layer i's new keys/values (B, NKV, T_new, hs); return all of them (B, NKV, T_seen, hs)."""
-        if self.k[i] is not None:
-            k = np.concatenate([self.k[i], k], axis=2)
-            v = np.concatenate([self.v[i], v], axis=2)
-        self.k[i], self.v[i] = k, v
-        return k, v
+        n, t = self.length(i), k.shape[2]
+        buf = self._buf[i]
+        if buf is None or n + t > buf[0].shape[2]:
+            size = max(16, 2 * (n + t))
+            buf = tuple(np.empty(a.shape[:2] + (size,) + a.shape[3:], a.dtype) for a in (k, v))
+            if n:  # the cached rows move to the new buffers once
+                buf[0][:, :, :n], buf[1][:, :, :n] = self.k[i], self.v[i]
+            self._buf[i] = buf
+        buf[0][:, :, n : n + t], buf[1][:, :, n : n + t] = k, v
+        self.k[i], self.v[i] = buf[0][:, :, : n + t], buf[1][:, :, : n + t]
+        return self.k[i], self.v[i]
 
     def reorder(self, rows):
         """Keep batch rows `rows` (B_new,) in that order (beam search follows each beam's parent)."""
         self.k = [None if k is None else k[rows] for k in self.k]
         self.v = [None if v is None else v[rows] for v in self.v]
+        self._buf = [None] * len(self.k)  # the next append moves the reordered rows into new buffers
 
 
 class GPT(ParamStore):

@@ -464,6 +464,27 @@ def test_attention_non_contiguous_inputs(rng):
     assert_parity(out, ref, np.float64, "attention on views")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("Tq, causal", [(1, True), (3, True), (4, False)])
+def test_attention_reads_kv_cache_buffers_in_place(Tq, causal, dtype, rng):
+    """Keys and values that are the first Tk rows of longer buffers (a `model.KVCache`'s views)
+    are read in place, not copied; the rows after Tk are NaN here, so reading one would show."""
+    B, NH, Tk, N, hs = 2, 3, 7, 13, 5
+    q = rng.standard_normal((B, NH, Tq, hs)).astype(dtype)
+    kb, vb = (np.full((B, NH, N, hs), np.nan, dtype) for _ in range(2))
+    kb[:, :, :Tk], vb[:, :, :Tk] = (rng.standard_normal((B, NH, Tk, hs)) for _ in range(2))
+    k, v = kb[:, :, :Tk], vb[:, :, :Tk]
+    assert KA._leading_rows(k, Tk).base is kb and KA._leading_rows(v, Tk).base is vb
+    assert KA._leading_rows(kb[:, :, 1 : Tk + 1], Tk).base is not kb  # not the leading rows: copied
+    out, cache = KA.attention_forward(q, k, v, causal)
+    want, want_cache = KA.attention_forward(q, k.copy(), v.copy(), causal)
+    np.testing.assert_array_equal(out, want)  # the same kernel on the same numbers: the same bits
+    assert_parity(out, A.attention_forward(q, k, v, causal)[0], dtype, "attention on cache views")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    for got, ref in zip(KA.attention_backward(dout, cache), KA.attention_backward(dout, want_cache)):
+        np.testing.assert_array_equal(got, ref)
+
+
 @pytest.mark.parametrize(
     "fwd, bwd, make",
     [

@@ -287,6 +287,25 @@ def test_llama_kv_cache_decoding_equals_the_full_forward(kw, rng):
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-10, atol=1e-12)
 
 
+def test_kv_cache_appends_into_buffers_that_double(rng):
+    """Appending copies only the new positions into a buffer that doubles when full; what the
+    cache hands out equals the concatenation of everything appended."""
+    cache = model_mod.KVCache(1)
+    parts = [(rng.standard_normal((2, 3, t, 4)), rng.standard_normal((2, 3, t, 4))) for t in (5, 1, 1, 20, 1)]
+    bases = []
+    for k, v in parts:
+        got_k, got_v = cache.append(0, k, v)
+        bases.append(got_k.base)
+    for got, i in ((cache.k[0], 0), (cache.v[0], 1)):
+        np.testing.assert_array_equal(got, np.concatenate([p[i] for p in parts], axis=2))
+    assert len(cache) == 28 and cache.nbytes() == 2 * 2 * 3 * 28 * 4 * 8
+    # 5 rows: a 16-row buffer that also takes the next two; 27 rows: a new one of 54, which takes the last
+    assert bases[0] is bases[1] is bases[2] and bases[3] is not bases[0] and bases[4] is bases[3]
+    assert bases[0].shape[2] == 16 and bases[3].shape[2] == 54
+    cache.reorder(np.array([1, 0]))
+    np.testing.assert_array_equal(cache.k[0], np.concatenate([p[0] for p in parts], axis=2)[::-1])
+
+
 def test_gqa_kv_cache_holds_only_the_key_value_heads(rng):
     ids = rng.integers(0, 11, size=(1, 6))
     sizes = {}

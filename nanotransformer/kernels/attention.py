@@ -77,14 +77,15 @@ def _scores(s, q, k_t, i0, m, offset, Tk, causal):
 
 
 @kernel
-def _attention_forward_nb(out, lse, q, k, v, causal, scale, R):
+def _attention_forward_nb(out, lse, q, k, v, Tk, causal, scale, R):
     """Numba kernel for `attention.attention_forward` (causal or unmasked).
 
-    out: (BH, Tq, hv), lse: (BH, Tq), q: (BH, Tq, hs), k: (BH, Tk, hs), v: (BH, Tk, hv);
-    causal: bool, scale: 1 / sqrt(hs) in q's dtype. All C-contiguous.
+    out: (BH, Tq, hv), lse: (BH, Tq), q: (BH, Tq, hs), k: (BH, N, hs), v: (BH, N, hv) of which
+    the first Tk <= N rows are the keys and values (the rest, e.g. a KV cache's free rows, is
+    never read); causal: bool, scale: 1 / sqrt(hs) in q's dtype. All C-contiguous.
     """
     BH, Tq, hs = q.shape
-    Tk, hv = v.shape[1], v.shape[2]
+    hv = v.shape[2]
     offset = Tk - Tq  # query i sits at absolute position i + offset
     zero = q.dtype.type(0)
     for bh in prange(BH):  # (batch, head) bh writes only out[bh] and lse[bh]
@@ -187,17 +188,34 @@ def attention_forward(q, k, v, causal=False, key_padding_mask=None):
         return out, ("reference", cache)
     hs, hv = q.shape[-1], v.shape[-1]
     q3 = np.ascontiguousarray(q.reshape(-1, Tq, hs))  # (BH, Tq, hs)
-    k3 = np.ascontiguousarray(k.reshape(-1, Tk, hs))
-    v3 = np.ascontiguousarray(v.reshape(-1, Tk, hv))
+    k3, v3 = _leading_rows(k, Tk), _leading_rows(v, Tk)  # (BH, >= Tk, hs | hv), read in place
     out3 = np.empty((q3.shape[0], Tq, hv), dtype=q.dtype)
     lse = np.empty((q3.shape[0], Tq), dtype=q.dtype)
     # why sqrt(hs): see attention.attention_forward
     scale = q.dtype.type(1.0 / math.sqrt(hs))
     if Tq and Tk:
-        run(_attention_forward_nb, q3.size * Tk, out3, lse, q3, k3, v3, bool(causal), scale, R)
+        run(_attention_forward_nb, q3.size * Tk, out3, lse, q3, k3, v3, Tk, bool(causal), scale, R)
     else:
         out3[...] = 0
-    return out3.reshape(q.shape[:-1] + (hv,)), ("fused", q3, k3, v3, out3, lse, bool(causal), scale, q.shape, k.shape)
+    cache = ("fused", q3, k3[:, :Tk], v3[:, :Tk], out3, lse, bool(causal), scale, q.shape, k.shape)
+    return out3.reshape(q.shape[:-1] + (hv,)), cache
+
+
+def _leading_rows(x, T):
+    """x: (..., T, d) -> a C-contiguous (BH, N, d) array a with a[:, :T] = x.reshape(-1, T, d).
+
+    x is read in place when it is C-contiguous (N = T) or when it is the first T rows of every
+    head of the array it views (N = that array's length): a `model.KVCache` keeps each layer's
+    keys in a buffer with room to grow and hands out such views, so the cache is not copied
+    once per decoded token. Anything else is copied once (N = T)."""
+    d = x.shape[-1]
+    if x.flags.c_contiguous:
+        return x.reshape(-1, T, d)
+    b = x.base
+    if (isinstance(b, np.ndarray) and b.flags.c_contiguous and b.shape[:-2] == x.shape[:-2] and b.shape[-1] == d
+            and b.strides == x.strides and b.ctypes.data == x.ctypes.data):  # fmt: skip
+        return b.reshape(-1, b.shape[-2], d)
+    return np.ascontiguousarray(x.reshape(-1, T, d))
 
 
 def attention_backward(dout, cache):
@@ -205,6 +223,7 @@ def attention_backward(dout, cache):
     if cache[0] == "reference":
         return reference.attention_backward(dout, cache[1])
     _, q3, k3, v3, out3, lse, causal, scale, q_shape, k_shape = cache
+    k3, v3 = np.ascontiguousarray(k3), np.ascontiguousarray(v3)  # copies only if read from a KV cache's buffer
     dq = np.empty_like(q3)
     dk = np.empty_like(k3)
     dv = np.empty_like(v3)

@@ -30,7 +30,8 @@ def check_array(name, x, ndim=None, min_ndim=None, shape=None, floating=False):
 
 def _fits(got, want):
     """got (a shape) matches want (sizes, None = any size). A plain loop: the checks run on every
-    call of a decoding step (~600 per token), where `any(<generator>)` costs three times as much (1.4 us, not 0.46)."""
+    call of a decoding step (~600 per token), where `any(<generator>)` costs three times as much
+    (1.4 us, not 0.46)."""
     if len(got) != len(want):
         return False
     for e, s in zip(want, got):
@@ -47,7 +48,8 @@ def check_number(name, value, above=None, *, at_least=None):
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
     # math.isfinite, not np.isfinite (1 us on a scalar: this runs per call of a decoding step); an
     # integer is finite, and math.isfinite would overflow on one beyond float range
-    ok = ok and (isinstance(value, (int, np.integer)) or math.isfinite(value)) and (value > above if above is not None else value >= at_least)
+    ok = ok and (isinstance(value, (int, np.integer)) or math.isfinite(value))
+    ok = ok and (value > above if above is not None else value >= at_least)
     if not ok:
         bound = f"> {above:g}" if above is not None else f">= {at_least:g}"
         raise ValueError(f"{name}: expected a finite number {bound}, got {value!r}")

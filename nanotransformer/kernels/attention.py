@@ -213,7 +213,7 @@ def _leading_rows(x, T):
         return x.reshape(-1, T, d)
     b = x.base
     if (isinstance(b, np.ndarray) and b.flags.c_contiguous and b.shape[:-2] == x.shape[:-2] and b.shape[-1] == d
-            and b.strides == x.strides and b.ctypes.data == x.ctypes.data):  # fmt: skip
+            and T <= b.shape[-2] and b.strides == x.strides and b.ctypes.data == x.ctypes.data):  # fmt: skip
         return b.reshape(-1, b.shape[-2], d)
     return np.ascontiguousarray(x.reshape(-1, T, d))
 

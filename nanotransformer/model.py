@@ -187,6 +187,11 @@ class KVCache:
     def append(self, i, k, v):
         """Add layer i's new keys/values (B, NKV, T_new, hs); return all of them (B, NKV, T_seen, hs)."""
         n, t = self.length(i), k.shape[2]
+        for name, new, old in (("k", k, self.k[i]), ("v", v, self.v[i])):  # checked before anything is written
+            want = None if old is None else old.shape[:2] + ("*",) + old.shape[3:]
+            if old is not None and (new.shape[:2] + ("*",) + new.shape[3:] != want or new.dtype != old.dtype):
+                raise ValueError(f"{name}: expected shape {want} and dtype {old.dtype} (layer {i}'s cache), "
+                                 f"got {new.shape} {new.dtype}")  # fmt: skip
         buf = self._buf[i]
         if buf is None or n + t > buf[0].shape[2]:
             size = max(16, 2 * (n + t))

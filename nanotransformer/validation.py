@@ -46,9 +46,10 @@ def check_number(name, value, above=None, *, at_least=None):
     if (above is None) == (at_least is None):
         raise TypeError("check_number: expected exactly one of above, at_least")
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    # math.isfinite, not np.isfinite (1 us on a scalar: this runs per call of a decoding step); an
-    # integer is finite, and math.isfinite would overflow on one beyond float range
-    ok = ok and (isinstance(value, (int, np.integer)) or math.isfinite(value))
+    # a float (np.float64 too) by math.isfinite, not np.isfinite (1 us on a scalar: this runs per
+    # call of a decoding step); an integer is finite; np.float32, np.longdouble by np.isfinite
+    finite = math.isfinite if isinstance(value, float) else np.isfinite
+    ok = ok and (isinstance(value, (int, np.integer)) or finite(value))
     ok = ok and (value > above if above is not None else value >= at_least)
     if not ok:
         bound = f"> {above:g}" if above is not None else f">= {at_least:g}"

@@ -476,6 +476,11 @@ def test_attention_reads_kv_cache_buffers_in_place(Tq, causal, dtype, rng):
     k, v = kb[:, :, :Tk], vb[:, :, :Tk]
     assert KA._leading_rows(k, Tk).base is kb and KA._leading_rows(v, Tk).base is vb
     assert KA._leading_rows(kb[:, :, 1 : Tk + 1], Tk).base is not kb  # not the leading rows: copied
+    assert KA._leading_rows(kb[:, :, : 2 * Tk : 2], Tk).base is not kb  # every other row: copied
+    wide = np.zeros((B, NH, N, 2 * hs), np.float64 if dtype == np.float32 else np.complex128)
+    alias = wide.view(dtype)[..., ::2][:, :, :Tk] if dtype == np.float32 else wide.real[:, :, :Tk]
+    assert alias.strides == wide[:, :, :Tk].strides  # same strides and start as its base, but another dtype
+    assert KA._leading_rows(alias, Tk).dtype == dtype  # so it is copied, not read as its base's dtype
     out, cache = KA.attention_forward(q, k, v, causal)
     want, want_cache = KA.attention_forward(q, k.copy(), v.copy(), causal)
     np.testing.assert_array_equal(out, want)  # the same kernel on the same numbers: the same bits

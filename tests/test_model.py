@@ -302,8 +302,17 @@ def test_kv_cache_appends_into_buffers_that_double(rng):
     # 5 rows: a 16-row buffer that also takes the next two; 27 rows: a new one of 54, which takes the last
     assert bases[0] is bases[1] is bases[2] and bases[3] is not bases[0] and bases[4] is bases[3]
     assert bases[0].shape[2] == 16 and bases[3].shape[2] == 54
+    held = cache.k[0]
     cache.reorder(np.array([1, 0]))
-    np.testing.assert_array_equal(cache.k[0], np.concatenate([p[0] for p in parts], axis=2)[::-1])
+    k, v = rng.standard_normal((2, 2, 3, 1, 4))
+    cache.append(0, k, v)  # after a reorder the rows move to new buffers: the new token follows them
+    reordered = np.concatenate([p[0] for p in parts], axis=2)[::-1]
+    np.testing.assert_array_equal(cache.k[0], np.concatenate([reordered, k], axis=2))
+    np.testing.assert_array_equal(held, np.concatenate([p[0] for p in parts], axis=2))  # a held view is untouched
+    for bad in (k[:1], k[:, :2], k[..., :3], k.astype(np.float32)):  # batch, heads, head size, dtype
+        with pytest.raises(ValueError, match="layer 0's cache"):
+            cache.append(0, bad, bad)
+    assert len(cache) == 29  # nothing was written by the refused appends
 
 
 def test_gqa_kv_cache_holds_only_the_key_value_heads(rng):

@@ -205,15 +205,16 @@ def _leading_rows(x, T):
     """x: (..., T, d) -> a C-contiguous (BH, N, d) array a with a[:, :T] = x.reshape(-1, T, d).
 
     x is read in place when it is C-contiguous (N = T) or when it is the first T rows of every
-    head of the array it views (N = that array's length): a `model.KVCache` keeps each layer's
+    head of the array it views, of the same dtype (N = that array's length): a `model.KVCache` keeps each layer's
     keys in a buffer with room to grow and hands out such views, so the cache is not copied
     once per decoded token. Anything else is copied once (N = T)."""
     d = x.shape[-1]
     if x.flags.c_contiguous:
         return x.reshape(-1, T, d)
     b = x.base
-    if (isinstance(b, np.ndarray) and b.flags.c_contiguous and b.shape[:-2] == x.shape[:-2] and b.shape[-1] == d
-            and T <= b.shape[-2] and b.strides == x.strides and b.ctypes.data == x.ctypes.data):  # fmt: skip
+    if (isinstance(b, np.ndarray) and b.dtype == x.dtype and b.flags.c_contiguous and b.shape[:-2] == x.shape[:-2]
+            and b.shape[-1] == d and T <= b.shape[-2] and b.strides == x.strides
+            and b.ctypes.data == x.ctypes.data):  # fmt: skip
         return b.reshape(-1, b.shape[-2], d)
     return np.ascontiguousarray(x.reshape(-1, T, d))
 

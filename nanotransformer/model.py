@@ -65,7 +65,7 @@ from .block import (
 )
 from .layers import frozen_linear_backward, frozen_linear_forward, sinusoidal_table
 from .params import ParamStore
-from .validation import ConfigDict, check_array, check_ids, check_model_config, check_number
+from .validation import ConfigDict, check_array, check_ids, check_model_config, check_number, check_same_dtype
 
 POS_KINDS = ("learned", "sinusoidal", "rope")
 
@@ -188,10 +188,9 @@ class KVCache:
         """Add layer i's new keys/values (B, NKV, T_new, hs); return all of them (B, NKV, T_seen, hs)."""
         n, t = self.length(i), k.shape[2]
         for name, new, old in (("k", k, self.k[i]), ("v", v, self.v[i])):  # checked before anything is written
-            want = None if old is None else old.shape[:2] + ("*",) + old.shape[3:]
-            if old is not None and (new.shape[:2] + ("*",) + new.shape[3:] != want or new.dtype != old.dtype):
-                raise ValueError(f"{name}: expected shape {want} and dtype {old.dtype} (layer {i}'s cache), "
-                                 f"got {new.shape} {new.dtype}")  # fmt: skip
+            if old is not None:
+                check_same_dtype(**{f"layer {i}'s cache": old, name: new})
+                check_array(f"{name} (for layer {i}'s cache)", new, shape=old.shape[:2] + (None,) + old.shape[3:])
         buf = self._buf[i]
         if buf is None or n + t > buf[0].shape[2]:
             size = max(16, 2 * (n + t))

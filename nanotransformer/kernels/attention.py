@@ -205,9 +205,9 @@ def _leading_rows(x, T):
     """x: (..., T, d) -> a C-contiguous (BH, N, d) array a with a[:, :T] = x.reshape(-1, T, d).
 
     x is read in place when it is C-contiguous (N = T) or when it is the first T rows of every
-    head of the array it views, of the same dtype (N = that array's length): a `model.KVCache` keeps each layer's
-    keys in a buffer with room to grow and hands out such views, so the cache is not copied
-    once per decoded token. Anything else is copied once (N = T)."""
+    head of the array it views, of the same dtype (N = that array's length): a `model.KVCache`
+    keeps each layer's keys in a buffer with room to grow and hands out such views, so the cache
+    is not copied once per decoded token. Anything else is copied once (N = T)."""
     d = x.shape[-1]
     if x.flags.c_contiguous:
         return x.reshape(-1, T, d)

@@ -56,9 +56,13 @@ def attention_allowed(Tq, Tk, causal, key_padding_mask, lead_ndim):
 def check_qkv(q, k, v, causal):
     """Validate attention inputs (shared by the NumPy reference and the Numba wrapper) -> (Tq, Tk)."""
     check_same_dtype(q=q, k=k, v=v)
-    check_array("q", q, min_ndim=2)
-    check_array("k", k, shape=q.shape[:-2] + (None, q.shape[-1]))
-    check_array("v", v, shape=k.shape[:-1] + (None,))
+    # the shapes in one expression first (this runs per layer of a decoding step), then the
+    # checks that name what is wrong
+    if not (q.ndim >= 2 and k.ndim == q.ndim and k.shape[:-2] == q.shape[:-2] and k.shape[-1] == q.shape[-1]
+            and v.shape[:-1] == k.shape[:-1]):  # fmt: skip
+        check_array("q", q, min_ndim=2)
+        check_array("k", k, shape=q.shape[:-2] + (None, q.shape[-1]))
+        check_array("v", v, shape=k.shape[:-1] + (None,))
     Tq, Tk = q.shape[-2], k.shape[-2]
     if causal and Tq > Tk:
         raise ValueError(f"q: expected at most Tk={Tk} queries with causal=True, got Tq={Tq}")

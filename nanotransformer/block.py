@@ -101,9 +101,12 @@ class BlockConfig:
             object.__setattr__(self, "qkv_bias", self.bias)
 
     def sublayers(self):
-        """[(norm name, sub-layer kind)] in forward order."""
-        kinds = ["attn"] + (["cross"] if self.cross else []) + ["mlp"]
-        return [(f"ln_{i + 1}", kind) for i, kind in enumerate(kinds)]
+        """((norm name, sub-layer kind), ...) in forward order."""
+        return _SUBLAYER_ORDER[self.cross]
+
+
+# BlockConfig.sublayers by `cross` (a table: it is read for every block of every forward)
+_SUBLAYER_ORDER = {False: (("ln_1", "attn"), ("ln_2", "mlp")), True: (("ln_1", "attn"), ("ln_2", "cross"), ("ln_3", "mlp"))}
 
 
 def linear_specs(name, c_in, c_out, bias=True):

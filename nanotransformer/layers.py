@@ -24,16 +24,26 @@ from .validation import check_array, check_ids, check_number, check_same_dtype
 # ----------------------------------------------------------------------------- linear
 
 
+def check_linear(x, w, b):
+    """Validate linear_forward's x: (..., C_in), w: (C_in, C_out), b: (C_out,) or None (shared by
+    the NumPy reference and the Numba wrapper). The shapes are first tested in one expression
+    (this runs for every product of a decoding step); only when that fails do the checks that
+    name the argument run."""
+    check_same_dtype(x=x, w=w, b=b)
+    if w.ndim == 2 and x.ndim >= 1 and x.shape[-1] == w.shape[0] and (b is None or b.shape == w.shape[1:]):
+        return
+    check_array("w", w, ndim=2)
+    check_array("x", x, min_ndim=1, shape=x.shape[:-1] + (w.shape[0],))
+    if b is not None:
+        check_array("b", b, shape=(w.shape[1],))
+
+
 def linear_forward(x, w, b=None):
     """x: (..., C_in), w: (C_in, C_out), b: (C_out,) or None -> out: (..., C_out), cache
 
     cache = (x, w, has_bias)
     """
-    check_same_dtype(x=x, w=w, b=b)
-    check_array("w", w, ndim=2)
-    check_array("x", x, min_ndim=1, shape=x.shape[:-1] + (w.shape[0],))
-    if b is not None:
-        check_array("b", b, shape=(w.shape[1],))
+    check_linear(x, w, b)
     # One (N, C_in) @ (C_in, C_out) product over all N = B * T rows: a (B, T, C_in) @ w matmul
     # is B separate (T, C_in) products to NumPy, 1.2-2.2x slower here (bench_kernels, "linear").
     x2 = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (N, C_in); N spelled out: -1 is ambiguous if C_in = 0
@@ -269,18 +279,24 @@ def log_softmax_backward(dout, cache):
 # ----------------------------------------------------------------------------- layer norm
 
 
+def check_layernorm(x, w, b, eps):
+    """Validate layernorm_forward's x: (..., C), w: (C,), b: (C,), eps >= 0 (shared by the NumPy
+    reference and the Numba wrapper; the shapes tested in one expression first, as check_linear)."""
+    check_same_dtype(x=x, w=w, b=b)
+    if not (x.ndim >= 1 and w.shape == x.shape[-1:] and b.shape == w.shape):
+        check_array("x", x, min_ndim=1)
+        check_array("w", w, shape=(x.shape[-1],))
+        check_array("b", b, shape=(x.shape[-1],))
+    check_number("eps", eps, at_least=0)  # 0 is exact statistics; nan would make every output nan
+
+
 def layernorm_forward(x, w, b, eps=1e-5):
     """x: (..., C), w: (C,), b: (C,) -> out: (..., C), cache = (xhat, w, rstd)
 
     out = (x - mean) / sqrt(var + eps) * w + b, statistics over the last axis, biased var.
     eps is inside the sqrt, so a constant row (var = 0) gives xhat = 0, not NaN.
     """
-    check_same_dtype(x=x, w=w, b=b)
-    check_array("x", x, min_ndim=1)
-    C = x.shape[-1]
-    check_array("w", w, shape=(C,))
-    check_array("b", b, shape=(C,))
-    check_number("eps", eps, at_least=0)  # 0 is exact statistics; nan would make every output nan
+    check_layernorm(x, w, b, eps)
     mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
     xc = x - mean
     var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1)

@@ -57,21 +57,27 @@ def check_number(name, value, above=None, *, at_least=None):
 
 
 def check_same_dtype(**arrays):
-    """All non-None arrays share one floating dtype (mixing float32 and float64 is a bug, not a cast)."""
-    items = [(k, v) for k, v in arrays.items() if v is not None]
-    for k, v in items:
-        check_array(k, v, floating=True)
-    first_name, first = items[0]
-    for k, v in items[1:]:
-        if v.dtype != first.dtype:
-            raise ValueError(f"{k}: expected dtype {first.dtype} (the dtype of {first_name}), got {v.dtype}")
+    """All non-None arrays share one floating dtype (mixing float32 and float64 is a bug, not a cast).
+    Every array is checked first, then the dtypes compared to the first one's. Two plain loops and
+    no list: this runs for every op of a decoding step (about 300 calls a GPT-2 token)."""
+    for k, v in arrays.items():
+        if v is not None and not (isinstance(v, np.ndarray) and v.dtype.kind == "f"):
+            check_array(k, v, floating=True)  # raises
+    first_name = first = None
+    for k, v in arrays.items():
+        if v is None:
+            continue
+        if first is None:
+            first_name, first = k, v.dtype
+        elif v.dtype != first:
+            raise ValueError(f"{k}: expected dtype {first} (the dtype of {first_name}), got {v.dtype}")
 
 
 def check_ids(name, ids, upper, allow=None):
     """Integer array with every value in [0, upper) (values equal to `allow` are also accepted)."""
     if not isinstance(ids, np.ndarray):
         raise ValueError(f"{name}: expected a numpy integer array, got {type(ids).__name__}")
-    if not np.issubdtype(ids.dtype, np.integer):
+    if ids.dtype.kind not in "iu":  # = not np.issubdtype(ids.dtype, np.integer): 0.1 us, not 1.4
         raise ValueError(f"{name}: expected an integer array, got dtype {ids.dtype}")
     if ids.size == 0:
         return

@@ -55,3 +55,37 @@ def test_bad_input_is_one_clear_value_error(name):
     call, message = CASES[name]
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# The shape checks of the hot ops test the usual case in one expression first (they run for every
+# op of a decoding step) and only then name what is wrong: these are the inputs that such a first
+# test could let through by mistake (a 0-d x, a bias or gain of the right length but the wrong
+# rank, a 1-D k beside a 2-D q, whose shapes before the last two axes are both ()), on both backends.
+SHAPE_CASES = {
+    "linear 0-d x": (lambda o: o.linear_forward(_z(), _z(4, 6)), r"x: expected at least 1 dimensions, got shape \(\)"),
+    "linear x width": (lambda o: o.linear_forward(_z(1, 1, 5), _z(4, 6)), r"x: expected shape \(1, 1, 4\), got \(1, 1, 5\)"),
+    "linear 3-D w": (lambda o: o.linear_forward(_z(2, 4), _z(4, 6, 1)), r"w: expected 2 dimensions, got shape \(4, 6, 1\)"),
+    "linear 2-D bias": (lambda o: o.linear_forward(_z(2, 4), _z(4, 6), _z(1, 6)), r"b: expected shape \(6,\), got \(1, 6\)"),
+    "linear bias length": (lambda o: o.linear_forward(_z(1, 4), _z(4, 6), _z(5)), r"b: expected shape \(6,\), got \(5,\)"),
+    "linear dtype": (lambda o: o.linear_forward(_z(1, 4), _z(4, 6), _z(6, dtype=f32)), "b: expected dtype float64 .*got float32"),
+    "layernorm 0-d x": (lambda o: o.layernorm_forward(_z(), _z(4), _z(4)), r"x: expected at least 1 dimensions, got shape \(\)"),
+    "layernorm 2-D w": (lambda o: o.layernorm_forward(_z(1, 4), _z(4, 1), _z(4)), r"w: expected shape \(4,\), got \(4, 1\)"),
+    "layernorm 2-D b": (lambda o: o.layernorm_forward(_z(1, 4), _z(4), _z(1, 4)), r"b: expected shape \(4,\), got \(1, 4\)"),
+    "layernorm b": (lambda o: o.layernorm_forward(_z(1, 1, 4), _z(4), _z(3)), r"b: expected shape \(4,\), got \(3,\)"),
+    "layernorm eps": (lambda o: o.layernorm_forward(_z(1, 4), _z(4), _z(4), float("nan")), "eps: expected a finite number >= 0"),
+    "attention 1-D q": (lambda o: o.attention_forward(_z(4), _z(3, 4), _z(3, 4)), r"q: expected at least 2 dimensions, got shape \(4,\)"),
+    "attention 1-D k": (lambda o: o.attention_forward(_z(3, 4), _z(4), _z(4)), r"k: expected shape \(\*, 4\), got \(4,\)"),
+    "attention k heads": (lambda o: o.attention_forward(_z(1, 2, 3, 4), _z(1, 1, 3, 4), _z(1, 1, 3, 4)), r"k: expected shape \(1, 2, \*, 4\), got \(1, 1, 3, 4\)"),
+    "attention 4-D k": (lambda o: o.attention_forward(_z(1, 3, 4), _z(1, 1, 3, 4), _z(1, 1, 3, 4)), r"k: expected shape \(1, \*, 4\), got \(1, 1, 3, 4\)"),
+    "attention v rank": (lambda o: o.attention_forward(_z(1, 3, 4), _z(1, 3, 4), _z(1, 1, 3, 4)), r"v: expected shape \(1, 3, \*\), got \(1, 1, 3, 4\)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("name", sorted(SHAPE_CASES))
+def test_hot_op_shape_checks_on_both_backends(name, backend):
+    from nanotransformer.backend import get_ops
+
+    call, message = SHAPE_CASES[name]
+    with pytest.raises(ValueError, match=message):
+        call(get_ops(backend))

@@ -214,9 +214,15 @@ def _leading_rows(x, T):
     b = x.base
     if (isinstance(b, np.ndarray) and b.dtype == x.dtype and b.flags.c_contiguous and b.shape[:-2] == x.shape[:-2]
             and b.shape[-1] == d and T <= b.shape[-2] and b.strides == x.strides
-            and b.ctypes.data == x.ctypes.data):  # fmt: skip
+            and _address(b) == _address(x)):  # fmt: skip
         return b.reshape(-1, b.shape[-2], d)
     return np.ascontiguousarray(x.reshape(-1, T, d))
+
+
+@njit(**JIT)
+def _address(a):
+    """The address of a's first element: `a.ctypes.data`, which costs 2.7 us from Python, 0.3 here."""
+    return a.ctypes.data
 
 
 def attention_backward(dout, cache):

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from numba import prange
 
-from ..validation import check_array, check_number, check_same_dtype
+from ..layers import check_layernorm
 from .jit import kernel, run
 
 # Rows per parallel chunk-reduction (layer-norm dw/db): a fixed count, so sums are reproducible.
@@ -78,19 +78,15 @@ def _layernorm_backward_nb(dx, dw_part, db_part, dout, x, mean, rstd, w):
 
 def layernorm_forward(x, w, b, eps=1e-5):
     """x: (..., C), w: (C,), b: (C,) -> out: (..., C), cache = (x2, w, mean, rstd, shape)"""
-    check_same_dtype(x=x, w=w, b=b)
-    check_array("x", x, min_ndim=1)
+    check_layernorm(x, w, b, eps)
     C = x.shape[-1]
-    check_array("w", w, shape=(C,))
-    check_array("b", b, shape=(C,))
-    check_number("eps", eps, at_least=0)  # 0 is exact statistics; nan would make every output nan
     x2 = np.ascontiguousarray(x.reshape(-1, C))  # (N, C)
+    w, b = np.ascontiguousarray(w), np.ascontiguousarray(b)
     N = x2.shape[0]
     out = np.empty_like(x2)
-    mean = np.empty(N, x.dtype)
-    rstd = np.empty(N, x.dtype)
-    run(_layernorm_forward_nb, x2.size, out, mean, rstd, x2, np.ascontiguousarray(w), np.ascontiguousarray(b), x.dtype.type(eps))
-    return out.reshape(x.shape), (x2, np.ascontiguousarray(w), mean, rstd, x.shape)
+    stats = np.empty((2, N), x.dtype)  # mean, rstd
+    run(_layernorm_forward_nb, x2.size, out, stats[0], stats[1], x2, w, b, x.dtype.type(eps))
+    return out.reshape(x.shape), (x2, w, stats[0], stats[1], x.shape)
 
 
 def layernorm_backward(dout, cache):

@@ -48,6 +48,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ..layers import check_linear
 from ..validation import check_array, check_same_dtype
 from .jit import JIT, MR, TILE, kernel, run, tile_scratch, transpose_block
 from .jit import WIDE_NR as NR  # register tile: MR x NR (4 x 64 with AVX-512, 4 x 16 with AVX2)
@@ -320,8 +321,18 @@ def _product(A, B, *, bias=None, out=None, add=False, colsum=None):
     read in place, anything else copied once). At most ROWS rows and no `add`/`colsum`: _rows_nb;
     otherwise _pack_nb + _gemm_nb. out is allocated unless given (C-contiguous, of A's dtype).
     colsum: a zeroed (Nc,) array that receives B's column sums, or None."""
-    (a, a_t), (b, b_t) = _operand(A), _operand(B)
     (M, K), Nc = A.shape, B.shape[1]
+    if M <= ROWS and not add and colsum is None and M * Nc:  # decoding: the one-row kernels read A as stored
+        A = np.ascontiguousarray(A)
+        b, b_t = _operand(B)
+        out = np.empty((M, Nc), dtype=A.dtype) if out is None else out
+        bias = np.empty(0, A.dtype) if bias is None else np.ascontiguousarray(bias)
+        if b_t:
+            run(_dots_nb, M * Nc * max(K, 1), out, A, b, bias)
+        else:
+            run(_rows_nb, M * Nc * max(K, 1), out, np.empty((KS, M, Nc), A.dtype), A, b, bias)
+        return out
+    (a, a_t), (b, b_t) = _operand(A), _operand(B)
     if out is None:
         out = np.empty((M, Nc), dtype=a.dtype)
     empty = np.empty(0, a.dtype)
@@ -329,13 +340,6 @@ def _product(A, B, *, bias=None, out=None, add=False, colsum=None):
     if out.size == 0:  # no rows or no columns: nothing to tile (B's column sums may still be wanted)
         if colsum is not None:
             colsum += B.sum(axis=0)
-        return out
-    if M <= ROWS and not add and colsum is None:
-        if b_t:
-            run(_dots_nb, M * Nc * max(K, 1), out, np.ascontiguousarray(A), b, bias)
-        else:
-            part = np.empty((KS, M, Nc), a.dtype)
-            run(_rows_nb, M * Nc * max(K, 1), out, part, np.ascontiguousarray(A), b, bias)
         return out
     if colsum is not None and b_t:  # the fused column sums need B's rows: copy it
         b, b_t = np.ascontiguousarray(B), False
@@ -361,11 +365,7 @@ def linear_forward(x, w, b=None):
     cache = (x2, w, has_bias, lead_shape) with x2 = x as a C-contiguous (N, C_in) array. w may be
     C- or F-ordered (the tied head passes wte.T): both are read in place.
     """
-    check_same_dtype(x=x, w=w, b=b)
-    check_array("w", w, ndim=2)
-    check_array("x", x, min_ndim=1, shape=x.shape[:-1] + (w.shape[0],))
-    if b is not None:
-        check_array("b", b, shape=(w.shape[1],))
+    check_linear(x, w, b)
     x2 = np.ascontiguousarray(x.reshape(math.prod(x.shape[:-1]), w.shape[0]))  # (N, C_in); -1 is ambiguous if C_in = 0
     out = _product(x2, w, bias=b)  # (N, C_out), the bias added in the product's epilogue
     return out.reshape(x.shape[:-1] + (w.shape[1],)), (x2, w, b is not None, x.shape[:-1])

@@ -54,19 +54,28 @@ def attention_allowed(Tq, Tk, causal, key_padding_mask, lead_ndim):
 
 
 def check_qkv(q, k, v, causal):
-    """Validate attention inputs (shared by the NumPy reference and the Numba wrapper) -> (Tq, Tk)."""
+    """Validate attention inputs (shared by the NumPy reference and the Numba wrapper) -> (Tq, Tk, n_rep).
+
+    k and v have q's shape up to the last two axes, or (grouped-query attention, q of 4 or more
+    dims) fewer heads on axis -3, a divisor of q's: n_rep = q's heads / k's (1 otherwise)."""
     check_same_dtype(q=q, k=k, v=v)
+    lead, n_rep = q.shape[:-2], 1  # what k's shape must start with
+    if q.ndim >= 4 and k.ndim == q.ndim and 0 < k.shape[-3] < q.shape[-3] and q.shape[-3] % k.shape[-3] == 0:
+        lead, n_rep = q.shape[:-3] + (k.shape[-3],), q.shape[-3] // k.shape[-3]
     # the shapes in one expression first (this runs per layer of a decoding step), then the
     # checks that name what is wrong
-    if not (q.ndim >= 2 and k.ndim == q.ndim and k.shape[:-2] == q.shape[:-2] and k.shape[-1] == q.shape[-1]
+    if not (q.ndim >= 2 and k.ndim == q.ndim and k.shape[:-2] == lead and k.shape[-1] == q.shape[-1]
             and v.shape[:-1] == k.shape[:-1]):  # fmt: skip
         check_array("q", q, min_ndim=2)
-        check_array("k", k, shape=q.shape[:-2] + (None, q.shape[-1]))
+        if n_rep == 1 and q.ndim >= 4 and k.ndim == q.ndim and k.shape[:-3] == q.shape[:-3] and k.shape[-3] != q.shape[-3]:
+            raise ValueError(f"k: expected {q.shape[-3]} heads (q's) or a divisor of {q.shape[-3]} (grouped-query"
+                             f" attention) on axis -3, got shape {k.shape}")  # fmt: skip
+        check_array("k", k, shape=lead + (None, q.shape[-1]))
         check_array("v", v, shape=k.shape[:-1] + (None,))
     Tq, Tk = q.shape[-2], k.shape[-2]
     if causal and Tq > Tk:
         raise ValueError(f"q: expected at most Tk={Tk} queries with causal=True, got Tq={Tq}")
-    return Tq, Tk
+    return Tq, Tk, n_rep
 
 
 def attention_forward(q, k, v, causal=False, key_padding_mask=None):
@@ -74,8 +83,16 @@ def attention_forward(q, k, v, causal=False, key_padding_mask=None):
 
     key_padding_mask: (B, Tk) bool or None. cache = (q, k, v, att, scale); att: (B, ..., Tq, Tk)
     holds the attention weights (handy for plotting attention maps).
+    Grouped-query attention: k, v (B, NKV, Tk, hs | hv) beside q (B, NH, Tq, hs), NKV a divisor
+    of NH. Key/value head j serves query heads j n_rep .. (j+1) n_rep - 1; here they are repeated
+    to NH heads first (`repeat_kv_forward`), and the cache ends with (n_rep,) after the repeated
+    k, v. (The Numba kernel reads the shared heads in place instead.)
     """
-    Tq, Tk = check_qkv(q, k, v, causal)
+    Tq, Tk, n_rep = check_qkv(q, k, v, causal)
+    if n_rep > 1:
+        k, v = repeat_kv_forward(k, n_rep)[0], repeat_kv_forward(v, n_rep)[0]  # (B, NH, Tk, hs | hv)
+        out, cache = attention_forward(q, k, v, causal, key_padding_mask)
+        return out, cache + (n_rep,)
     if key_padding_mask is not None:
         check_array("key_padding_mask", key_padding_mask, shape=(q.shape[0], Tk))
         if key_padding_mask.dtype != np.bool_:
@@ -100,7 +117,7 @@ def attention_forward(q, k, v, causal=False, key_padding_mask=None):
 
 def attention_backward(dout, cache):
     """dout: (B, ..., Tq, hv) -> dq, dk, dv (shapes of q, k, v)"""
-    q, k, v, att, scale = cache
+    q, k, v, att, scale, *group = cache  # group: [n_rep] with grouped-query attention
     # forward was: out = att @ v  ->  datt = dout @ v^T, dv = att^T @ dout
     datt = dout @ v.swapaxes(-1, -2)  # (B, ..., Tq, Tk)
     dv = att.swapaxes(-1, -2) @ dout
@@ -110,6 +127,8 @@ def attention_backward(dout, cache):
     sc = q.dtype.type(scale)
     dq = (ds @ k) * sc
     dk = (ds.swapaxes(-1, -2) @ q) * sc
+    if group:  # forward was: k_rep = repeat(k, n_rep)  ->  each shared head gets the sum of its query heads'
+        dk, dv = repeat_kv_backward(dk, tuple(group)), repeat_kv_backward(dv, tuple(group))
     return dq, dk, dv
 
 
@@ -169,9 +188,10 @@ def repeat_kv_forward(x, n_rep):
     """Grouped-query attention's sharing: (B, NKV, T, hs) -> (B, NKV * n_rep, T, hs), cache = (n_rep,)
 
     Key/value head j serves query heads j*n_rep .. (j+1)*n_rep - 1 (Hugging Face's `repeat_kv`).
+    The heads are axis -3 (any leading dims before them, as in `attention_forward`).
     """
-    check_array("x", x, ndim=4)
-    return np.repeat(x, n_rep, axis=1), (n_rep,)
+    check_array("x", x, min_ndim=3)
+    return np.repeat(x, n_rep, axis=-3), (n_rep,)
 
 
 def repeat_kv_backward(dout, cache):
@@ -180,8 +200,8 @@ def repeat_kv_backward(dout, cache):
     A key/value head used by n_rep query heads gets the sum of their gradients.
     """
     (n_rep,) = cache
-    B, NH, T, hs = dout.shape
-    return dout.reshape(B, NH // n_rep, n_rep, T, hs).sum(axis=2)
+    NH, T, hs = dout.shape[-3:]
+    return dout.reshape(dout.shape[:-3] + (NH // n_rep, n_rep, T, hs)).sum(axis=-3)
 
 
 def split_heads(x, n_head):
@@ -261,25 +281,18 @@ def mha_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head, causal=True, key_paddin
         k, rk_c = ops.rope_forward(k, rope_theta, offset)
     if kv_cache is not None:
         k, v = kv_cache.append(layer, k, v)  # (B, NKV, T_seen, hs): only NKV heads are stored
-    n_rep = n_head // n_kv_head
-    if n_rep > 1:
-        k, _ = repeat_kv_forward(k, n_rep)  # (B, NH, T_seen, hs)
-        v, _ = repeat_kv_forward(v, n_rep)
+    # NH query heads against NKV key/value heads: the attention op shares them (grouped-query)
     y, att_cache = ops.attention_forward(q, k, v, causal, key_padding_mask)  # (B, NH, T, hs)
     out, proj_cache = ops.linear_forward(merge_heads(y), w_proj, b_proj)  # (B, T, C)
-    return out, (qkv_cache, att_cache, proj_cache, n_head, n_rep, (qn_c, kn_c, rq_c, rk_c), ops)
+    return out, (qkv_cache, att_cache, proj_cache, n_head, (qn_c, kn_c, rq_c, rk_c), ops)
 
 
 def mha_backward(dout, cache):
     """dout: (B, T, C) -> dx, dw_qkv, db_qkv, dw_proj, db_proj (db_* None without biases),
     and dq_norm, dk_norm after them when the forward had QK-norm."""
-    qkv_cache, att_cache, proj_cache, n_head, n_rep, (qn_c, kn_c, rq_c, rk_c), ops = cache
+    qkv_cache, att_cache, proj_cache, n_head, (qn_c, kn_c, rq_c, rk_c), ops = cache
     dy, dw_proj, db_proj = ops.linear_backward(dout, proj_cache)
-    dq, dk, dv = ops.attention_backward(split_heads(dy, n_head), att_cache)
-    if n_rep > 1:
-        # forward was: k_rep = repeat(k, n_rep)  ->  each shared head gets the sum of its query heads'
-        dk = repeat_kv_backward(dk, (n_rep,))
-        dv = repeat_kv_backward(dv, (n_rep,))
+    dq, dk, dv = ops.attention_backward(split_heads(dy, n_head), att_cache)  # dk, dv: (B, NKV, T, hs)
     if rq_c is not None:
         dq = ops.rope_backward(dq, rq_c)
         dk = ops.rope_backward(dk, rk_c)

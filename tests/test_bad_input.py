@@ -75,7 +75,10 @@ SHAPE_CASES = {
     "layernorm eps": (lambda o: o.layernorm_forward(_z(1, 4), _z(4), _z(4), float("nan")), "eps: expected a finite number >= 0"),
     "attention 1-D q": (lambda o: o.attention_forward(_z(4), _z(3, 4), _z(3, 4)), r"q: expected at least 2 dimensions, got shape \(4,\)"),
     "attention 1-D k": (lambda o: o.attention_forward(_z(3, 4), _z(4), _z(4)), r"k: expected shape \(\*, 4\), got \(4,\)"),
-    "attention k heads": (lambda o: o.attention_forward(_z(1, 2, 3, 4), _z(1, 1, 3, 4), _z(1, 1, 3, 4)), r"k: expected shape \(1, 2, \*, 4\), got \(1, 1, 3, 4\)"),
+    "attention k heads": (lambda o: o.attention_forward(_z(1, 3, 3, 4), _z(1, 2, 3, 4), _z(1, 2, 3, 4)), r"k: expected 3 heads \(q's\) or a divisor of 3 \(grouped-query attention\) on axis -3, got shape \(1, 2, 3, 4\)"),
+    "attention more k heads": (lambda o: o.attention_forward(_z(1, 2, 3, 4), _z(1, 4, 3, 4), _z(1, 4, 3, 4)), r"k: expected 2 heads \(q's\) or a divisor of 2"),
+    "attention gqa v heads": (lambda o: o.attention_forward(_z(1, 4, 3, 4), _z(1, 2, 3, 4), _z(1, 4, 3, 4)), r"v: expected shape \(1, 2, 3, \*\), got \(1, 4, 3, 4\)"),
+    "attention 3-D batch": (lambda o: o.attention_forward(_z(2, 3, 4), _z(1, 3, 4), _z(1, 3, 4)), r"k: expected shape \(2, \*, 4\), got \(1, 3, 4\)"),
     "attention 4-D k": (lambda o: o.attention_forward(_z(1, 3, 4), _z(1, 1, 3, 4), _z(1, 1, 3, 4)), r"k: expected shape \(1, \*, 4\), got \(1, 1, 3, 4\)"),
     "attention v rank": (lambda o: o.attention_forward(_z(1, 3, 4), _z(1, 3, 4), _z(1, 1, 3, 4)), r"v: expected shape \(1, 3, \*\), got \(1, 1, 3, 4\)"),
 }  # fmt: skip

@@ -141,11 +141,11 @@ def _cross_entropy(B, T, V, scale=3.0, ignore=1):
     return (K.cross_entropy_forward, K.cross_entropy_backward, L.cross_entropy_forward, L.cross_entropy_backward, build)
 
 
-def _attention(B, NH, Tq, Tk, hs, hv=None, causal=True):
-    def build(rng, dt):
+def _attention(B, NH, Tq, Tk, hs, hv=None, causal=True, nkv=None):
+    def build(rng, dt):  # nkv: key/value heads (grouped-query attention), NH by default
         q = _randn(rng, dt, B, NH, Tq, hs)
-        k = _randn(rng, dt, B, NH, Tk, hs)
-        v = _randn(rng, dt, B, NH, Tk, hv or hs)
+        k = _randn(rng, dt, B, nkv or NH, Tk, hs)
+        v = _randn(rng, dt, B, nkv or NH, Tk, hv or hs)
         return (q, k, v), {"causal": causal}
 
     return (KA.attention_forward, KA.attention_backward, A.attention_forward, A.attention_backward, build)
@@ -195,6 +195,13 @@ CASES = {
     "attention_unmasked": _attention(2, 2, 6, 4, 3, hv=5, causal=False),
     "attention_blocks": _attention(1, 2, 70, 70, 3),  # crosses the R = 64 query block
     "attention_tiles": _attention(1, 1, 37, 37, 32),  # head size one 32-wide tile; Tk past one tile
+    # grouped-query attention: k, v with fewer heads; decoding and causal=False run a group's
+    # queries as one block of rows, causal Tq > 1 reads head h // n_rep per query head
+    "attention_gqa_decode": _attention(2, 6, 1, 9, 4, nkv=2),
+    "attention_mqa_decode": _attention(1, 5, 1, 1, 3, nkv=1),  # T = 1 and one key/value head
+    "attention_gqa_causal": _attention(2, 6, 5, 5, 4, nkv=3),
+    "attention_mqa_kvcache": _attention(1, 4, 3, 8, 4, nkv=1),
+    "attention_gqa_unmasked": _attention(2, 4, 6, 4, 3, hv=5, causal=False, nkv=2),
 }
 BIG_CASES = {
     # past the packed matmul's KC k block (256 or 1024) in the forward (K = C_in = 1100; dw's K past
@@ -203,6 +210,8 @@ BIG_CASES = {
     "linear_blocked": _linear(1, 37, 1100, 133),
     "attention_T256": _attention(1, 2, 256, 256, 16),
     "attention_kvcache_long": _attention(1, 1, 67, 200, 8),
+    "attention_gqa_blocks": _attention(1, 4, 70, 70, 3, nkv=2),  # past the R = 64 query block, shared heads
+    "attention_gqa_unmasked_blocks": _attention(1, 6, 23, 40, 8, causal=False, nkv=2),  # 3 x 23 rows: past R
     # jit.gemm_nb's wide tiles, then one narrow strip, then the last columns row by row (AVX-512's
     # 64 and 32 columns; AVX2's 16 and 8):
     "attention_wide_tiles": _attention(1, 1, 108, 108, 64),  # head size 64; keys 64 + 32 + 12, or 6 x 16 + 8 + 4

@@ -74,6 +74,15 @@ def _cases():
     def attention_causal_kvcache(rng, T):  # Tq < Tk: queries are the last positions
         return (_randn(rng, B, NH, T, 4), _randn(rng, B, NH, T + 3, 4), _randn(rng, B, NH, T + 3, 4)), {"causal": True}
 
+    def attention_gqa_kvcache(rng, T):  # grouped-query: 4 query heads on 2 key/value heads, Tq < Tk
+        return (_randn(rng, B, 4, T, 4), _randn(rng, B, 2, T + 3, 4), _randn(rng, B, 2, T + 3, 3)), {"causal": True}
+
+    def attention_mqa_padding(rng, T):  # multi-query (one key/value head) with a padding mask
+        Tk = T + 2
+        return (_randn(rng, B, 3, T, 4), _randn(rng, B, 1, Tk, 4), _randn(rng, B, 1, Tk, 4)), {
+            "key_padding_mask": _padding_mask(rng, B, Tk, full_row=True)
+        }
+
     def attention_padding(rng, T):
         Tk = T + 3
         return (_randn(rng, B, NH, T, 4), _randn(rng, B, NH, Tk, 4), _randn(rng, B, NH, Tk, 4)), {
@@ -150,6 +159,8 @@ def _cases():
         "attention_causal": (A.attention_forward, A.attention_backward, attention_causal),
         "attention_causal_kvcache": (A.attention_forward, A.attention_backward, attention_causal_kvcache),
         "attention_padding": (A.attention_forward, A.attention_backward, attention_padding),
+        "attention_gqa_kvcache": (A.attention_forward, A.attention_backward, attention_gqa_kvcache),
+        "attention_mqa_padding": (A.attention_forward, A.attention_backward, attention_mqa_padding),
         "mha_causal": (A.mha_forward, A.mha_backward, mha_causal),
         "mha_padding": (A.mha_forward, A.mha_backward, mha_padding),
         "cross_attention": (A.cross_attention_forward, A.cross_attention_backward, cross_attention),
@@ -170,7 +181,8 @@ def test_gradcheck(name, T, rng):
 
 
 @pytest.mark.parametrize("name", ["linear", "layernorm", "attention_causal", "cross_entropy", "mha_causal", "embedding",
-                                  "rmsnorm", "swiglu", "rope", "repeat_kv", "mha_gqa", "mha_mqa_qknorm"])  # fmt: skip
+                                  "rmsnorm", "swiglu", "rope", "repeat_kv", "mha_gqa", "mha_mqa_qknorm",
+                                  "attention_gqa_kvcache"])  # fmt: skip
 def test_gradcheck_catches_a_broken_backward(name, rng):
     """The check must be able to fail: scale one gradient by 1.001 and it must notice."""
     fwd, bwd, build = CASES[name]

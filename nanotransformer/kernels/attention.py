@@ -80,17 +80,20 @@ def _scores(s, q, k_t, i0, m, offset, Tk, causal):
 def _attention_forward_nb(out, lse, q, k, v, Tk, causal, scale, R):
     """Numba kernel for `attention.attention_forward` (causal or unmasked).
 
-    out: (BH, Tq, hv), lse: (BH, Tq), q: (BH, Tq, hs), k: (BH, N, hs), v: (BH, N, hv) of which
+    out: (BH, Tq, hv), lse: (BH, Tq), q: (BH, Tq, hs), k: (BKV, N, hs), v: (BKV, N, hv) of which
     the first Tk <= N rows are the keys and values (the rest, e.g. a KV cache's free rows, is
-    never read); causal: bool, scale: 1 / sqrt(hs) in q's dtype. All C-contiguous.
+    never read); BKV = BH / n_rep (grouped-query attention: query head bh reads key/value head
+    bh // n_rep; n_rep = 1 otherwise); causal: bool, scale: 1 / sqrt(hs) in q's dtype. All
+    C-contiguous.
     """
     BH, Tq, hs = q.shape
     hv = v.shape[2]
+    n_rep = BH // k.shape[0]
     offset = Tk - Tq  # query i sits at absolute position i + offset
     zero = q.dtype.type(0)
     for bh in prange(BH):  # (batch, head) bh writes only out[bh] and lse[bh]
         k_t = np.empty((hs, Tk), dtype=q.dtype)  # K^T, so that S = Q K^T reads rows of K^T
-        transpose_block(k_t, k[bh], Tk, hs)
+        transpose_block(k_t, k[bh // n_rep], Tk, hs)
         s = np.empty((R, Tk), dtype=q.dtype)  # scores, then probabilities, of R query rows
         for i0 in range(0, Tq, R):
             m = min(R, Tq - i0)  # rows in this block
@@ -117,7 +120,7 @@ def _attention_forward_nb(out, lse, q, k, v, Tk, causal, scale, R):
             for g in range(0, m, MR):
                 g1 = min(g + MR, m)
                 n_g = _n_computed(i0 + g1 - 1, offset, Tk, causal)
-                gemm_nb(out[bh, i0:], s, v[bh], g, g1, 0, hv, n_g, False, False)
+                gemm_nb(out[bh, i0:], s, v[bh // n_rep], g, g1, 0, hv, n_g, False, False)
 
 
 @kernel
@@ -125,17 +128,21 @@ def _attention_backward_nb(dq, dk, dv, dout, q, k, v, out, lse, causal, scale, R
     """Numba kernel for `attention.attention_backward` (causal or unmasked).
 
     dq: (BH, Tq, hs), dk: (BH, Tk, hs), dv: (BH, Tk, hv), dout: (BH, Tq, hv); q, k, v, out,
-    lse, causal, scale as in `_attention_forward_nb`. All C-contiguous.
+    lse, causal, scale as in `_attention_forward_nb` (k, v: (BKV, Tk, ...), read by head bh //
+    n_rep). dk[bh], dv[bh] are query head bh's part of the gradient: with grouped-query attention
+    the caller sums each group's n_rep parts. All C-contiguous.
     """
     BH, Tq, hs = q.shape
     Tk, hv = v.shape[1], v.shape[2]
+    n_rep = BH // k.shape[0]
     offset = Tk - Tq
     zero = q.dtype.type(0)
     for bh in prange(BH):  # (batch, head) bh writes only dq[bh], dk[bh], dv[bh]: no race on dk/dv
+        kv = bh // n_rep  # the key/value head query head bh reads
         k_t = np.empty((hs, Tk), dtype=q.dtype)  # K^T for S = Q K^T
-        transpose_block(k_t, k[bh], Tk, hs)
+        transpose_block(k_t, k[kv], Tk, hs)
         v_t = np.empty((hv, Tk), dtype=q.dtype)  # V^T for dP = dO V^T
-        transpose_block(v_t, v[bh], Tk, hv)
+        transpose_block(v_t, v[kv], Tk, hv)
         p = np.empty((R, Tk), dtype=q.dtype)  # P of the block's rows, recomputed
         ds = np.empty((R, Tk), dtype=q.dtype)  # dP, then dS
         dk[bh] = zero
@@ -165,7 +172,7 @@ def _attention_backward_nb(dq, dk, dv, dout, q, k, v, out, lse, causal, scale, R
             for g in range(0, m, MR):
                 g1 = min(g + MR, m)
                 n_g = _n_visible(i0 + g1 - 1, offset, Tk, causal)
-                gemm_nb(dq[bh, i0:], ds, k[bh], g, g1, 0, hs, n_g, False, False)
+                gemm_nb(dq[bh, i0:], ds, k[kv], g, g1, 0, hs, n_g, False, False)
             # dV += P^T @ dO_blk and dK += dS^T @ Q_blk, four keys at a time, each summing over the
             # block's rows from the first one that sees any of the four (earlier rows have P = 0)
             for j in range(0, n_hi, MR):
@@ -180,15 +187,25 @@ def attention_forward(q, k, v, causal=False, key_padding_mask=None):
 
     Same contract as `attention.attention_forward`. With a key_padding_mask the NumPy reference
     runs instead (the fused kernel handles the causal and unmasked cases only).
-    cache = ("fused", q3, k3, v3, out3, lse, causal, scale) or ("reference", reference cache)
+    cache = ("fused", q3, k3, v3, out3, lse, causal, scale, q.shape, k.shape) or ("reference",
+    reference cache)
+
+    Grouped-query attention (k, v with NH / n_rep heads) copies nothing: the kernel reads key/value
+    head h // n_rep for query head h. When every query sees every key (Tq = 1, i.e. decoding, or
+    causal=False) the n_rep query heads of a group are one block of n_rep Tq rows against their
+    shared keys, so each key block is transposed and read once per group, not once per head.
     """
-    Tq, Tk = reference.check_qkv(q, k, v, causal)
+    Tq, Tk, n_rep = reference.check_qkv(q, k, v, causal)
     if key_padding_mask is not None:
         out, cache = reference.attention_forward(q, k, v, causal, key_padding_mask)
         return out, ("reference", cache)
     hs, hv = q.shape[-1], v.shape[-1]
-    q3 = np.ascontiguousarray(q.reshape(-1, Tq, hs))  # (BH, Tq, hs)
-    k3, v3 = _leading_rows(k, Tk), _leading_rows(v, Tk)  # (BH, >= Tk, hs | hv), read in place
+    if n_rep > 1 and (Tq == 1 or not causal):  # a group's queries as one block of rows, unmasked
+        q3, causal = np.ascontiguousarray(q.reshape(-1, n_rep * Tq, hs)), False  # (BKV, n_rep Tq, hs)
+    else:
+        q3 = np.ascontiguousarray(q.reshape(-1, Tq, hs))  # (BH, Tq, hs)
+    Tq = q3.shape[1]
+    k3, v3 = _leading_rows(k, Tk), _leading_rows(v, Tk)  # (BKV, >= Tk, hs | hv), read in place
     out3 = np.empty((q3.shape[0], Tq, hv), dtype=q.dtype)
     lse = np.empty((q3.shape[0], Tq), dtype=q.dtype)
     # why sqrt(hs): see attention.attention_forward
@@ -231,12 +248,16 @@ def attention_backward(dout, cache):
         return reference.attention_backward(dout, cache[1])
     _, q3, k3, v3, out3, lse, causal, scale, q_shape, k_shape = cache
     k3, v3 = np.ascontiguousarray(k3), np.ascontiguousarray(v3)  # copies only if read from a KV cache's buffer
+    n_rep = q3.shape[0] // k3.shape[0]  # > 1: grouped-query attention, one query head per kernel head
     dq = np.empty_like(q3)
-    dk = np.empty_like(k3)
-    dv = np.empty_like(v3)
+    dk = np.empty((q3.shape[0],) + k3.shape[1:], k3.dtype)  # (BH, Tk, hs): query head bh's part
+    dv = np.empty((q3.shape[0],) + v3.shape[1:], v3.dtype)
     if q3.shape[1] and k3.shape[1]:
         d3 = np.ascontiguousarray(dout.reshape(out3.shape))
         run(_attention_backward_nb, q3.size * k3.shape[1], dq, dk, dv, d3, q3, k3, v3, out3, lse, causal, scale, R)
     else:
         dq[...], dk[...], dv[...] = 0, 0, 0
+    if n_rep > 1:  # forward was: head bh read k[bh // n_rep]  ->  a shared head gets the sum of its group's parts
+        dk = dk.reshape((-1, n_rep) + k3.shape[1:]).sum(axis=1)
+        dv = dv.reshape((-1, n_rep) + v3.shape[1:]).sum(axis=1)
     return dq.reshape(q_shape), dk.reshape(k_shape), dv.reshape(k_shape[:-1] + (v3.shape[2],))

@@ -1,14 +1,15 @@
 """Attention, exactly as in "Attention Is All You Need": softmax(Q K^T / sqrt(d_k)) V.
 
 - `attention_forward/backward`: scaled dot-product attention over any leading dims, with an
-  optional causal mask and an optional key-padding mask.
+  optional causal mask and an optional key-padding mask; k and v may have fewer heads than q
+  (grouped-query attention, repeated by `repeat_kv_forward`).
 - `mha_forward/backward`: multi-head *self*-attention (fused QKV projection, split heads,
   attention, merge heads, output projection), as in GPT-2.
 - `cross_attention_forward/backward`: queries from one sequence, keys and values from another
   (the encoder-decoder's second attention sub-layer).
 - `rope_forward/backward`: rotary position embedding on q and k (Llama's positions), and
-  `repeat_kv_forward/backward`: the key/value sharing of grouped-query attention; both are
-  switches of `mha_forward`, as is QK-norm.
+  `repeat_kv_forward/backward`: the key/value sharing of grouped-query attention; RoPE, the
+  number of key/value heads and QK-norm are switches of `mha_forward`.
 
 Dimension legend: B batch, T time (Tq queries, Tk keys), C channels, NH heads, NKV key/value
 heads (grouped-query attention), hs head size (C = NH * hs).

@@ -11,7 +11,7 @@ reference (`ops.layernorm_forward(x, w, b) -> (out, cache)`, ...). A cache made 
 only ever passed back to the same backend's backward, which is why "auto" chooses per *pair*
 (linear_forward and linear_backward always come from the same backend).
 
-Ops: linear, attention (scaled dot-product core on (B, NH, T, hs) tensors), layernorm, rmsnorm,
+Ops: linear, attention (scaled dot-product core on (B, NH, T, hs) tensors; k, v may have NKV heads), layernorm, rmsnorm,
 rope, gelu, cross_entropy, embedding (the token lookup; its backward is the scatter-add),
 adamw_update, int8_linear (forward only: `quantize.py`). `ops.name` is
 the backend's name and `ops.choices` says, per op pair, which backend runs it.

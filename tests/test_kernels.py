@@ -202,6 +202,8 @@ CASES = {
     "attention_gqa_causal": _attention(2, 6, 5, 5, 4, nkv=3),
     "attention_mqa_kvcache": _attention(1, 4, 3, 8, 4, nkv=1),
     "attention_gqa_unmasked": _attention(2, 4, 6, 4, 3, hv=5, causal=False, nkv=2),
+    "attention_no_queries": _attention(1, 2, 0, 3, 4, causal=False),  # Tq = 0: empty output, dk = dv = 0
+    "attention_gqa_no_queries": _attention(1, 4, 0, 3, 4, causal=False, nkv=2),
 }
 BIG_CASES = {
     # past the packed matmul's KC k block (256 or 1024) in the forward (K = C_in = 1100; dw's K past

@@ -200,10 +200,11 @@ def attention_forward(q, k, v, causal=False, key_padding_mask=None):
         out, cache = reference.attention_forward(q, k, v, causal, key_padding_mask)
         return out, ("reference", cache)
     hs, hv = q.shape[-1], v.shape[-1]
+    BH = math.prod(q.shape[:-2])  # spelled out: reshape's -1 is ambiguous when Tq = 0
     if n_rep > 1 and (Tq == 1 or not causal):  # a group's queries as one block of rows, unmasked
-        q3, causal = np.ascontiguousarray(q.reshape(-1, n_rep * Tq, hs)), False  # (BKV, n_rep Tq, hs)
+        q3, causal = np.ascontiguousarray(q.reshape(BH // n_rep, n_rep * Tq, hs)), False  # (BKV, n_rep Tq, hs)
     else:
-        q3 = np.ascontiguousarray(q.reshape(-1, Tq, hs))  # (BH, Tq, hs)
+        q3 = np.ascontiguousarray(q.reshape(BH, Tq, hs))  # (BH, Tq, hs)
     Tq = q3.shape[1]
     k3, v3 = _leading_rows(k, Tk), _leading_rows(v, Tk)  # (BKV, >= Tk, hs | hv), read in place
     out3 = np.empty((q3.shape[0], Tq, hv), dtype=q.dtype)
@@ -225,15 +226,15 @@ def _leading_rows(x, T):
     head of the array it views, of the same dtype (N = that array's length): a `model.KVCache`
     keeps each layer's keys in a buffer with room to grow and hands out such views, so the cache
     is not copied once per decoded token. Anything else is copied once (N = T)."""
-    d = x.shape[-1]
+    d, BH = x.shape[-1], math.prod(x.shape[:-2])
     if x.flags.c_contiguous:
-        return x.reshape(-1, T, d)
+        return x.reshape(BH, T, d)
     b = x.base
     if (isinstance(b, np.ndarray) and b.dtype == x.dtype and b.flags.c_contiguous and b.shape[:-2] == x.shape[:-2]
             and b.shape[-1] == d and T <= b.shape[-2] and b.strides == x.strides
             and _address(b) == _address(x)):  # fmt: skip
-        return b.reshape(-1, b.shape[-2], d)
-    return np.ascontiguousarray(x.reshape(-1, T, d))
+        return b.reshape(BH, b.shape[-2], d)
+    return np.ascontiguousarray(x.reshape(BH, T, d))
 
 
 @njit(**JIT)

@@ -203,6 +203,12 @@ CASES = {
     "attention_mqa_kvcache": _attention(1, 4, 3, 8, 4, nkv=1),
     "attention_gqa_unmasked": _attention(2, 4, 6, 4, 3, hv=5, causal=False, nkv=2),
     "attention_no_queries": _attention(1, 2, 0, 3, 4, causal=False),  # Tq = 0: empty output, dk = dv = 0
+    # when every query sees every key and a key/value head has at most FEW_ROWS = 7 query rows
+    # (decoding, the cases above with Tq = 1 or unmasked), the kernel without tiles runs
+    "attention_decode_chunks": _attention(1, 3, 1, 131, 8),  # keys in chunks of 64: 64 + 64 + 3
+    "attention_gqa_few_rows": _attention(1, 7, 1, 70, 4, nkv=1),  # 7 rows per head: the last it takes
+    "attention_gqa_past_few_rows": _attention(1, 8, 1, 9, 4, nkv=1),  # 8 rows: the tiled kernel
+    "attention_unmasked_tiled": _attention(2, 2, 8, 4, 3, hv=5, causal=False),
     "attention_gqa_no_queries": _attention(1, 4, 0, 3, 4, causal=False, nkv=2),
 }
 BIG_CASES = {
@@ -217,7 +223,7 @@ BIG_CASES = {
     # jit.gemm_nb's wide tiles, then one narrow strip, then the last columns row by row (AVX-512's
     # 64 and 32 columns; AVX2's 16 and 8):
     "attention_wide_tiles": _attention(1, 1, 108, 108, 64),  # head size 64; keys 64 + 32 + 12, or 6 x 16 + 8 + 4
-    "attention_wide_and_narrow": _attention(1, 2, 9, 150, 96, hv=125, causal=False),  # 96: 64 + 32 (6 x 16); hv 125: 64 + 32 + 29, or 7 x 16 + 8 + 5
+    "attention_wide_and_narrow": _attention(1, 2, 19, 150, 96, hv=125, causal=False),  # 19 rows: tiled; 96: 64 + 32 (6 x 16); hv 125: 64 + 32 + 29, or 7 x 16 + 8 + 5
     "cross_entropy_bpe": _cross_entropy(2, 9, 4096),
     "rope_small": _rope(8, 6, 256, 64, offset=3, view=True),
 }
@@ -475,8 +481,26 @@ def test_attention_non_contiguous_inputs(rng):
     assert_parity(out, ref, np.float64, "attention on views")
 
 
+@pytest.mark.parametrize(
+    "NH, NKV, Tq, causal, want",
+    [(3, 3, 1, True, "rows"), (7, 1, 1, True, "rows"), (8, 1, 1, True, "tiled"), (2, 2, 7, False, "rows"),
+     (2, 2, 8, False, "tiled"), (2, 2, 2, True, "tiled"), (6, 2, 2, False, "rows"), (4, 2, 4, False, "tiled")],
+)
+def test_attention_kernel_choice(NH, NKV, Tq, causal, want, monkeypatch, rng):
+    """Which forward kernel runs: the one without tiles when every query row sees every key and a
+    key/value head has at most FEW_ROWS rows (its n_rep query heads times Tq), the tiled one
+    otherwise. Both give the reference's numbers (test_parity), so only this shows the boundary."""
+    assert KA.FEW_ROWS == 7  # the cases above sit on either side of it
+    ran = []
+    monkeypatch.setattr(KA, "run", lambda kernel, work, *args: ran.append(kernel))
+    q = rng.standard_normal((1, NH, Tq, 4))
+    k, v = rng.standard_normal((2, 1, NKV, 9, 4))
+    KA.attention_forward(q, k, v, causal)
+    assert ran == [KA._attention_rows_nb if want == "rows" else KA._attention_forward_nb]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("Tq, causal", [(1, True), (3, True), (4, False)])
+@pytest.mark.parametrize("Tq, causal", [(1, True), (3, True), (4, False), (20, False)])
 def test_attention_reads_kv_cache_buffers_in_place(Tq, causal, dtype, rng):
     """Keys and values that are the first Tk rows of longer buffers (a `model.KVCache`'s views)
     are read in place, not copied; the rows after Tk are NaN here, so reading one would show."""

@@ -16,6 +16,11 @@ to whole strips: jit.NR keys), so the masked half is skipped rather
 than computed and discarded. The cache keeps q, k, v, out and the row log-sum-exp `lse` (Tq
 numbers per head).
 
+Decoding (`_attention_rows_nb`): when every query sees every key (one new token, or
+causal=False) and a key/value head has at most FEW_ROWS query rows, the tiles would hold mostly
+empty rows. That kernel computes each score as a dot product read straight from a row of K (no
+transposed copy), adds rows of V for out, and keeps the same lse; the backward is the same.
+
 Backward, FlashAttention-2 style (Dao 2023, Algorithm 2), recomputing each row of
 probabilities from q, k and the saved lse instead of reading a stored matrix:
     p_j = exp(s_j - lse_i),  D_i = dout_i . out_i  (= sum_j p_j dp_j)
@@ -123,6 +128,100 @@ def _attention_forward_nb(out, lse, q, k, v, Tk, causal, scale, R):
                 gemm_nb(out[bh, i0:], s, v[bh // n_rep], g, g1, 0, hv, n_g, False, False)
 
 
+# Query rows per key/value head up to which a call whose queries all see every key runs on
+# _attention_rows_nb (decoding: one token, times a group's n_rep query heads) instead of the tiled
+# kernel above. Measured (one thread, hs = 64, Tk = 64, 256, 1024; time rows / tiled): 1 row
+# 0.35-0.39, 2 rows 0.38-0.46, 4 rows 0.65-0.89, 7 rows 0.73-0.83, 8 rows 0.98-1.10, 16 rows
+# 1.23-1.41: past 7 rows the tiled kernel's 4-row register tiles win.
+FEW_ROWS = 7
+# Keys per chunk in _attention_rows_nb: a chunk of K (or V) rows, 16 KB at hs = 64 in float32,
+# stays in L1 while every query row of the group uses it.
+KEY_CHUNK = 64
+
+
+@njit(**JIT)
+def _dots(s, qr, kk, j0, j1):
+    """s[j] = qr . kk[j] for keys j0 .. j1-1, four keys per pass over qr (one load of qr[c] serves
+    four products; each dot product is summed in SIMD lanes, fastmath reassoc)."""
+    hs = qr.shape[0]
+    zero = qr.dtype.type(0)
+    j = j0
+    while j + 4 <= j1:
+        k0, k1, k2, k3 = kk[j], kk[j + 1], kk[j + 2], kk[j + 3]
+        a0 = a1 = a2 = a3 = zero
+        for c in range(hs):
+            x = qr[c]
+            a0 += x * k0[c]
+            a1 += x * k1[c]
+            a2 += x * k2[c]
+            a3 += x * k3[c]
+        s[j], s[j + 1], s[j + 2], s[j + 3] = a0, a1, a2, a3
+        j += 4
+    for jj in range(j, j1):
+        kj = kk[jj]
+        a = zero
+        for c in range(hs):
+            a += qr[c] * kj[c]
+        s[jj] = a
+
+
+@njit(**JIT)
+def _weighted_rows(o, p, vv, j0, j1):
+    """o += sum_j p[j] vv[j] over keys j0 .. j1-1, four rows of vv per pass over o."""
+    hv = o.shape[0]
+    j = j0
+    while j + 4 <= j1:
+        p0, p1, p2, p3 = p[j], p[j + 1], p[j + 2], p[j + 3]
+        v0, v1, v2, v3 = vv[j], vv[j + 1], vv[j + 2], vv[j + 3]
+        for c in range(hv):
+            o[c] += p0 * v0[c] + p1 * v1[c] + p2 * v2[c] + p3 * v3[c]
+        j += 4
+    for jj in range(j, j1):
+        pj, vj = p[jj], vv[jj]
+        for c in range(hv):
+            o[c] += pj * vj[c]
+
+
+@kernel
+def _attention_rows_nb(out, lse, q, k, v, Tk, scale):
+    """Numba kernel for `attention.attention_forward` when every query row sees every key and a
+    key/value head has at most FEW_ROWS of them: a decoded token (one row per head; with
+    grouped-query attention the n_rep query heads of a group, stacked by the wrapper), or a short
+    unmasked call. The same numbers as `_attention_forward_nb` without its tiles: the scores are
+    dot products read straight from the rows of K (no transposed copy, no 4-row tile for one row),
+    and out = P @ V adds rows of V. The keys go by in chunks of KEY_CHUNK rows, each used by every
+    query row of the head while it is in L1.
+
+    out: (G, m, hv), lse: (G, m), q: (G, m, hs), k: (G, N, hs), v: (G, N, hv) of which the first
+    Tk <= N rows are read; scale: 1 / sqrt(hs) in q's dtype. G = B * NKV heads, m <= FEW_ROWS
+    rows each. All C-contiguous.
+    """
+    G, m, hs = q.shape
+    zero = q.dtype.type(0)
+    for g in prange(G):  # head g writes only out[g] and lse[g]
+        qg, kg, vg, og = q[g], k[g], v[g], out[g]
+        s = np.empty((m, Tk), dtype=q.dtype)  # scores, then probabilities
+        for j0 in range(0, Tk, KEY_CHUNK):
+            for r in range(m):
+                _dots(s[r], qg[r], kg, j0, min(j0 + KEY_CHUNK, Tk))
+        for r in range(m):  # softmax of each row, as in _attention_forward_nb
+            row = s[r]
+            mx = row_max(row, Tk) * scale
+            l = zero
+            for j in range(Tk):
+                e = exp(row[j] * scale - mx)
+                row[j] = e
+                l += e
+            lse[g, r] = mx + math.log(l)
+            inv = 1 / l
+            for j in range(Tk):
+                row[j] *= inv
+        og[:] = zero
+        for j0 in range(0, Tk, KEY_CHUNK):
+            for r in range(m):
+                _weighted_rows(og[r], s[r], vg, j0, min(j0 + KEY_CHUNK, Tk))
+
+
 @kernel
 def _attention_backward_nb(dq, dk, dv, dout, q, k, v, out, lse, causal, scale, R):
     """Numba kernel for `attention.attention_backward` (causal or unmasked).
@@ -211,7 +310,10 @@ def attention_forward(q, k, v, causal=False, key_padding_mask=None):
     lse = np.empty((q3.shape[0], Tq), dtype=q.dtype)
     # why sqrt(hs): see attention.attention_forward
     scale = q.dtype.type(1.0 / math.sqrt(hs))
-    if Tq and Tk:
+    # every row sees every key, few rows: q3 has as many heads as k3 here (grouped, or n_rep = 1)
+    if Tq and Tk and (not causal or Tq == 1) and Tq <= FEW_ROWS:
+        run(_attention_rows_nb, q3.size * Tk, out3, lse, q3, k3, v3, Tk, scale)
+    elif Tq and Tk:
         run(_attention_forward_nb, q3.size * Tk, out3, lse, q3, k3, v3, Tk, bool(causal), scale, R)
     else:
         out3[...] = 0

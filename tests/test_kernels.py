@@ -419,7 +419,8 @@ def test_packed_product_same_bits_for_any_split(rng):
         n_i, n_j = -(-M // rows), -(-Nc // cols)
         assert n_i * n_j >= 4 or (rows, cols) == (KL.MR, KL.NR), (M, Nc)  # 2 tasks per thread, if it can
         assert (n_i - 1) * rows < M and (n_j - 1) * cols < Nc, (M, Nc)  # no empty task
-    assert KL._split(384, 384, 2) == (192, 192) and KL._split(1, 300, 2) == (4, 64)  # evened: not 256 + 128
+    # evened: 384 rows as two blocks of 192 (195 with AVX2's 5-row tiles), not 256 + 128
+    assert KL._split(384, 384, 2) == (-(-192 // KL.MR) * KL.MR, 192) and KL._split(1, 300, 2) == (KL.MR, 64)
 
 
 @numba.njit

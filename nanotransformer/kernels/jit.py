@@ -8,8 +8,9 @@
   Numba has no SVML). `row_max`: the max of a row, four comparisons in flight.
 - `gemm_nb`: the blocked matrix product on MR x WIDE_NR register tiles, then one MR x NR strip
   for the columns left, with its operands read in place, which `attention.py` runs per (batch,
-  head); `tile_scratch`: the MR x WIDE_NR scratch tile, shared with the linear layers' packed
-  product (`linear.py`); `transpose_block`: a small blocked transpose inside a kernel (`TB`).
+  head); `tile_scratch`: the MR x WIDE_NR scratch tile; `linear_tile_scratch`: the
+  LINEAR_MR x WIDE_NR one of the linear layers' packed product (`linear.py`); `transpose_block`:
+  a small blocked transpose inside a kernel (`TB`).
 - `TILE`: the register-tile sizes for this CPU's vector registers (`TILES`: 4 x 64 with AVX-512,
   4 x 16 with AVX2), chosen at import (`simd_of`; the environment variable NANOTRANSFORMER_SIMD
   overrides it).
@@ -294,18 +295,21 @@ def row_max(row, n):
 #    AVX-512, in L2; at attention's sizes k is the head size or the keys a row sees, mostly far
 #    below KC) is reused while the 4-row tiles of a task's rows sweep over it.
 # 3. Threads: `attention.py` runs it serially inside each (batch, head). (The linear layers'
-#    product packs b into panels first, with the same MR x WIDE_NR tile: `linear.py`.)
+#    product packs b into panels first, with a LINEAR_MR x WIDE_NR tile: `linear.py`.)
 
-Tiles = namedtuple("Tiles", "wide_nr nr linear_kc pack_a_t")
+Tiles = namedtuple("Tiles", "wide_nr nr linear_mr linear_kc pack_a_t")
 TILES = {  # per register file; measured: benchmarks/README.md, "Register tiles per CPU"
     # 32 registers of 16 float32: 4 x 64 sums (16 registers), a 4 x 32 strip; the linear layers'
     # panels KC = 256 rows deep (64 KB); dW's A = x.T read in place (packing it cost 5-15 %)
-    "avx512": Tiles(wide_nr=64, nr=32, linear_kc=256, pack_a_t=False),
-    # 16 registers of 8 float32: 4 x 16 sums (8 registers), a 4 x 8 strip; panels 1024 rows deep
-    # (64 KB again: small's step 1.11x faster than at 256); A = x.T copied into a contiguous KC x 4
+    "avx512": Tiles(wide_nr=64, nr=32, linear_mr=4, linear_kc=256, pack_a_t=False),
+    # 16 registers of 8 float32: 4 x 16 sums (8 registers), a 4 x 8 strip; the linear layers' tile
+    # one row taller, 5 x 16 (10 registers of sums, 5 of broadcast A, 1 of B: all 16; 6 rows
+    # spill), because 8 chains of multiply-adds barely cover 2 pipes x 4 cycles of latency
+    # (benchmarks/README.md, "A fifth row"); panels 1024 rows deep
+    # (64 KB again: small's step 1.11x faster than at 256); A = x.T copied into a contiguous KC x 5
     # block per row tile, reused by all the task's panels (in place, the KC lines of a.T it touches
     # and the panel overfill a 32 KB L1: small's step 1.05x faster with the copy)
-    "avx2": Tiles(wide_nr=16, nr=8, linear_kc=1024, pack_a_t=True),
+    "avx2": Tiles(wide_nr=16, nr=8, linear_mr=5, linear_kc=1024, pack_a_t=True),
 }
 SIMD_ENV = "NANOTRANSFORMER_SIMD"
 
@@ -352,24 +356,26 @@ def _stack_alloc_of(n):
     return stack_alloc
 
 
-def _scratch_tile_of(cols):
-    """A function f(x): an (MR, cols) scratch array of x's dtype. In Python (NUMBA_DISABLE_JIT=1)
+def _scratch_tile_of(cols, rows=MR):
+    """A function f(x): a (rows, cols) scratch array of x's dtype. In Python (NUMBA_DISABLE_JIT=1)
     a NumPy array; compiled, a view of stack memory (`_stack_alloc_of`), which LLVM can keep in
     registers."""
-    alloc = _stack_alloc_of(MR * cols)
+    alloc = _stack_alloc_of(rows * cols)
 
     def scratch_tile(x):
-        return np.empty((MR, cols), dtype=np.asarray(x).dtype)
+        return np.empty((rows, cols), dtype=np.asarray(x).dtype)
 
     @overload(scratch_tile, jit_options=dict(fastmath=FASTMATH, error_model="numpy"))
     def _impl(x):
-        return lambda x: numba.carray(alloc(x), (MR, cols))
+        return lambda x: numba.carray(alloc(x), (rows, cols))
 
     return scratch_tile
 
 
 WIDE_NR = TILE.wide_nr  # the wide register tile (gemm_nb's main tile, and the linear layers' packed one)
 tile_scratch = _scratch_tile_of(WIDE_NR)
+LINEAR_MR = TILE.linear_mr  # rows of the linear layers' register tile (`linear.py`)
+linear_tile_scratch = _scratch_tile_of(WIDE_NR, LINEAR_MR)
 _narrow_scratch = _scratch_tile_of(NR)
 
 

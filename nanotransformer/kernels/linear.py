@@ -11,16 +11,16 @@ How a product of more than ROWS rows is built (the BLIS / GotoBLAS scheme):
    layout, and the last panel zero-padded (the columns past a multiple of NR run through the full
    tile). B may be a transposed view (w.T for dx = dout @ w.T, wte.T for the tied head): it is
    read as it is, never copied first.
-2. A is read in place: a micro-panel of 4 rows of A is only KC x 4 numbers and stays in L1
-   while it sweeps the task's panels. For A = a.T (dw = x.T @ dout) it is 4 adjacent numbers of
+2. A is read in place: a micro-panel of MR rows of A is only KC x MR numbers and stays in L1
+   while it sweeps the task's panels. For A = a.T (dw = x.T @ dout) it is MR adjacent numbers of
    each of KC rows of a, KC cache lines: read in place with AVX-512's tiles, copied into a
-   contiguous KC x 4 block per row tile with AVX2's (jit.TILE.pack_a_t: KC lines and a panel
-   overfill a 32 KB L1). The last < 4 rows are copied into a zero-padded 4-row block.
+   contiguous KC x MR block per row tile with AVX2's (jit.TILE.pack_a_t: KC lines and a panel
+   overfill a 32 KB L1). The last < MR rows are copied into a zero-padded MR-row block.
 3. Register tile: `_tile` / `_tile_t` keep MR x NR sums in registers (4 x 64 in 16 AVX-512
-   registers of float32, 4 x 16 in 8 AVX2 ones: jit.TILES; jit.gemm_nb, the attention products,
-   has the same width) for a whole KC stretch
-   of k and store them straight into out with the epilogue fused: the bias on the first k block,
-   or `add` accumulating into what out holds.
+   registers of float32; 5 x 16 in 10 AVX2 ones, a row more than jit.gemm_nb's 4 x 16 in the
+   attention products, since 8 chains of multiply-adds barely cover the latency: jit.TILES) for
+   a whole KC stretch of k and store them straight into out with the epilogue fused: the bias on
+   the first k block, or `add` accumulating into what out holds.
 4. Threads: a 2-D grid of tasks over out (row x column blocks, `_split`), each writing only its
    own block; a task's panels (cols / NR of them, KC x NR each) stay in L2 for all its rows.
 5. Fused db: the pass that packs dout for dw = x.T @ dout also sums its columns (db), so db costs
@@ -50,8 +50,9 @@ from numba import njit, prange
 
 from ..layers import check_linear
 from ..validation import check_array, check_same_dtype
-from .jit import JIT, MR, TILE, kernel, run, tile_scratch, transpose_block
-from .jit import WIDE_NR as NR  # register tile: MR x NR (4 x 64 with AVX-512, 4 x 16 with AVX2)
+from .jit import JIT, TILE, kernel, linear_tile_scratch, run, transpose_block
+from .jit import LINEAR_MR as MR  # register tile: MR x NR (4 x 64 with AVX-512, 5 x 16 with AVX2)
+from .jit import WIDE_NR as NR
 
 KC = TILE.linear_kc  # k block: a packed panel of B is KC x NR (64 KB of float32, in L2)
 PACK_A_T = TILE.pack_a_t  # copy A = a.T's micro-panels (docstring, 2)
@@ -100,17 +101,20 @@ def _pack_nb(bp, b, b_t, colsum):
 def _tile(out, oi, oj, a, ai, k0, kc, panel, first, add, bias, bj):
     """out[oi:oi+MR, oj:oj+NR] (+)= a[ai:ai+MR, k0:k0+kc] @ panel[:kc] (+ bias[bj:bj+NR] if first)
 
-    The MR x NR sums stay in registers (jit.tile_scratch); every index into them is a constant
-    after unrolling, which is what lets LLVM keep them there. `first`: the first k block (the bias
-    goes in, and out is overwritten unless `add`); later blocks always accumulate.
+    The MR x NR sums stay in registers (jit.linear_tile_scratch); every index into them is a
+    constant after unrolling, which is what lets LLVM keep them there. `first`: the first k block
+    (the bias goes in, and out is overwritten unless `add`); later blocks always accumulate.
+    MR is 4 or 5 (jit.TILES), a constant when this compiles: with 4, the fifth row's lines are
+    dead code and vanish.
     """
-    acc = tile_scratch(out[oi, oj])
+    acc = linear_tile_scratch(out[oi, oj])
     for r in range(MR):
         for c in range(NR):
             acc[r, c] = 0
     a0, a1, a2, a3 = a[ai, k0:], a[ai + 1, k0:], a[ai + 2, k0:], a[ai + 3, k0:]
+    a4 = a[ai + 4, k0:] if MR == 5 else a0
     for k in range(kc):
-        x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
+        x0, x1, x2, x3, x4 = a0[k], a1[k], a2[k], a3[k], a4[k]
         bk = panel[k]
         for c in range(NR):
             y = bk[c]
@@ -118,6 +122,8 @@ def _tile(out, oi, oj, a, ai, k0, kc, panel, first, add, bias, bj):
             acc[1, c] += x1 * y
             acc[2, c] += x2 * y
             acc[3, c] += x3 * y
+            if MR == 5:
+                acc[4, c] += x4 * y
     _store(out, oi, oj, acc, first, add, bias, bj)
 
 
@@ -125,13 +131,14 @@ def _tile(out, oi, oj, a, ai, k0, kc, panel, first, add, bias, bj):
 def _tile_t(out, oi, oj, a, ai, k0, kc, panel, first, add, bias, bj):
     """_tile with A = a.T: a[k0:k0+kc, ai:ai+MR].T @ panel[:kc]. A separate function rather than a
     flag: a branch inside the k loop costs 2x (measured on jit.gemm_nb's tiles)."""
-    acc = tile_scratch(out[oi, oj])
+    acc = linear_tile_scratch(out[oi, oj])
     for r in range(MR):
         for c in range(NR):
             acc[r, c] = 0
     for k in range(kc):
         ak = a[k0 + k, ai : ai + MR]
         x0, x1, x2, x3 = ak[0], ak[1], ak[2], ak[3]
+        x4 = ak[4] if MR == 5 else x0
         bk = panel[k]
         for c in range(NR):
             y = bk[c]
@@ -139,6 +146,8 @@ def _tile_t(out, oi, oj, a, ai, k0, kc, panel, first, add, bias, bj):
             acc[1, c] += x1 * y
             acc[2, c] += x2 * y
             acc[3, c] += x3 * y
+            if MR == 5:
+                acc[4, c] += x4 * y
     _store(out, oi, oj, acc, first, add, bias, bj)
 
 
@@ -299,7 +308,7 @@ def _split(M, Nc, threads):
     def up(n, m):
         return max(m, -(-n // m) * m)
 
-    rows, cols = min(256, up(M, MR)), min(256, up(Nc, NR))
+    rows, cols = min(256 // MR * MR, up(M, MR)), min(256, up(Nc, NR))
     while -(-M // rows) * -(-Nc // cols) < 2 * threads and (rows > MR or cols > NR):
         if cols > NR and (cols >= rows or rows == MR):
             cols = up(cols // 2, NR)

@@ -305,7 +305,7 @@ TILES = {  # per register file; measured: benchmarks/README.md, "Register tiles 
     # 16 registers of 8 float32: 4 x 16 sums (8 registers), a 4 x 8 strip; the linear layers' tile
     # one row taller, 5 x 16 (10 registers of sums, 5 of broadcast A, 1 of B: all 16; 6 rows
     # spill), because 8 chains of multiply-adds barely cover 2 pipes x 4 cycles of latency
-    # (benchmarks/README.md, "A fifth row"); panels 1024 rows deep
+    # (benchmarks/README.md, "a fifth row for the linear tile"); panels 1024 rows deep
     # (64 KB again: small's step 1.11x faster than at 256); A = x.T copied into a contiguous KC x 5
     # block per row tile, reused by all the task's panels (in place, the KC lines of a.T it touches
     # and the panel overfill a 32 KB L1: small's step 1.05x faster with the copy)

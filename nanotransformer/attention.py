@@ -76,6 +76,8 @@ def check_qkv(q, k, v, causal):
     Tq, Tk = q.shape[-2], k.shape[-2]
     if causal and Tq > Tk:
         raise ValueError(f"q: expected at most Tk={Tk} queries with causal=True, got Tq={Tq}")
+    if Tk == 0 and q.size:  # a softmax over no keys has no value (the backends used to differ: error / zeros)
+        raise ValueError(f"k: expected at least one key for the Tq={Tq} queries, got Tk=0 (shape {k.shape})")
     return Tq, Tk, n_rep
 
 

@@ -81,6 +81,9 @@ SHAPE_CASES = {
     "attention 3-D batch": (lambda o: o.attention_forward(_z(2, 3, 4), _z(1, 3, 4), _z(1, 3, 4)), r"k: expected shape \(2, \*, 4\), got \(1, 3, 4\)"),
     "attention 4-D k": (lambda o: o.attention_forward(_z(1, 3, 4), _z(1, 1, 3, 4), _z(1, 1, 3, 4)), r"k: expected shape \(1, \*, 4\), got \(1, 1, 3, 4\)"),
     "attention v rank": (lambda o: o.attention_forward(_z(1, 3, 4), _z(1, 3, 4), _z(1, 1, 3, 4)), r"v: expected shape \(1, 3, \*\), got \(1, 1, 3, 4\)"),
+    # no keys for some queries: the softmax has no value (the backends used to give an error and zeros)
+    "attention no keys": (lambda o: o.attention_forward(_z(1, 2, 4), _z(1, 0, 4), _z(1, 0, 4)), r"k: expected at least one key for the Tq=2 queries, got Tk=0 \(shape \(1, 0, 4\)\)"),
+    "attention gqa no keys": (lambda o: o.attention_forward(_z(1, 4, 1, 4), _z(1, 2, 0, 4), _z(1, 2, 0, 4)), r"k: expected at least one key for the Tq=1 queries, got Tk=0"),
 }  # fmt: skip
 
 

@@ -81,6 +81,22 @@ def _scores(s, q, k_t, i0, m, offset, Tk, causal):
     return n_hi
 
 
+@njit(**JIT)
+def _softmax_row(row, n, scale):
+    """row[:n] <- softmax(scale * row[:n]) in place (n >= 1); returns its log-sum-exp, the lse the
+    cache keeps. Shared by both forward kernels."""
+    mx = row_max(row, n) * scale  # scale > 0, so max(scale * s) = scale * max(s)
+    l = row.dtype.type(0)
+    for j in range(n):  # subtracting the max: the largest term is exp(0) = 1
+        e = exp(row[j] * scale - mx)
+        row[j] = e
+        l += e
+    inv = 1 / l
+    for j in range(n):
+        row[j] *= inv
+    return mx + math.log(l)
+
+
 @kernel
 def _attention_forward_nb(out, lse, q, k, v, Tk, causal, scale, R):
     """Numba kernel for `attention.attention_forward` (causal or unmasked).
@@ -109,16 +125,7 @@ def _attention_forward_nb(out, lse, q, k, v, Tk, causal, scale, R):
                 g1 = min(r - r % MR + MR, m)  # end of row r's tile row: its scores are n_c wide
                 n_c = _n_computed(i0 + g1 - 1, offset, Tk, causal)
                 row = s[r]
-                mx = row_max(row, n) * scale  # scale > 0, so max(scale * s) = scale * max(s)
-                l = zero
-                for j in range(n):  # subtracting the max: the largest term is exp(0) = 1
-                    e = exp(row[j] * scale - mx)
-                    row[j] = e
-                    l += e
-                lse[bh, i0 + r] = mx + math.log(l)
-                inv = 1 / l
-                for j in range(n):
-                    row[j] *= inv
+                lse[bh, i0 + r] = _softmax_row(row, n, scale)
                 for j in range(n, n_c):  # computed but masked (j beyond what row r may see): weight 0
                     row[j] = zero
             # out_blk = P @ V, tile row by tile row, each summing over the keys its rows see
@@ -204,18 +211,8 @@ def _attention_rows_nb(out, lse, q, k, v, Tk, scale):
         for j0 in range(0, Tk, KEY_CHUNK):
             for r in range(m):
                 _dots(s[r], qg[r], kg, j0, min(j0 + KEY_CHUNK, Tk))
-        for r in range(m):  # softmax of each row, as in _attention_forward_nb
-            row = s[r]
-            mx = row_max(row, Tk) * scale
-            l = zero
-            for j in range(Tk):
-                e = exp(row[j] * scale - mx)
-                row[j] = e
-                l += e
-            lse[g, r] = mx + math.log(l)
-            inv = 1 / l
-            for j in range(Tk):
-                row[j] *= inv
+        for r in range(m):
+            lse[g, r] = _softmax_row(s[r], Tk, scale)
         og[:] = zero
         for j0 in range(0, Tk, KEY_CHUNK):
             for r in range(m):

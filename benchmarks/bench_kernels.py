@@ -117,6 +117,19 @@ def op_pairs(c, rng):
         runs = [pair(fwd, bwd, (t, 10000.0, 0), dy) for t in (q_view, k_view)]
         return lambda: [run() for run in runs]
 
+    qkv, y_heads = r(B, T, 3 * C), r(B, NH, T, hs)
+
+    def heads(split, merge, contiguous):
+        """One attention layer's head layout, as the Numba attention kernel needs it (C-contiguous
+        heads): split q, k, v and merge y; split dy and merge dq, dk, dv."""
+        def run():
+            qkv_heads = [contiguous(t) for t in split(qkv, (NH, NH, NH))]
+            merge(y_heads)
+            contiguous(split(x, NH))
+            merge(*qkv_heads)
+
+        return run
+
     def ce(fwd, bwd):
         def run():
             loss, cache = fwd(logits, targets)
@@ -156,6 +169,10 @@ def op_pairs(c, rng):
         "embedding": {  # the lookup and its scatter-add
             "numpy": pair(L.embedding_forward, L.embedding_backward, (targets, wte), x),
             "numba": pair(K.embedding_forward, K.embedding_backward, (targets, wte), x),
+        },
+        "split/merge heads": {  # NumPy: views, copied where the kernel needs them (as before issue 17's heads.py)
+            "numpy": heads(A.split_heads, A.merge_heads, np.ascontiguousarray),
+            "numba": heads(K.split_heads, K.merge_heads, lambda t: t),
         },
         "adamw_update": {
             "numpy": lambda: O.adamw_update(p, g, mm, vv, 10, 1e-4, 0.9, 0.99, 1e-8, wd),

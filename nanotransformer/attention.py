@@ -208,15 +208,30 @@ def repeat_kv_backward(dout, cache):
 
 
 def split_heads(x, n_head):
-    """(B, T, C) -> (B, NH, T, hs)"""
+    """(B, T, C) -> (B, NH, T, hs), a view.
+
+    n_head a tuple (NH, NKV, NKV): x holds groups of heads side by side along C (the fused q, k, v
+    projection's output, hs = C / sum(n_head)) -> a tuple of views, one (B, n, T, hs) per group.
+    The Numba twin (`kernels.heads`) returns C-contiguous copies instead, made in one pass, which
+    is what its attention kernel reads."""
     B, T, C = x.shape
-    return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+    if not isinstance(n_head, tuple):
+        _check_heads(C, n_head)
+        return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+    if not all(isinstance(n, (int, np.integer)) and n >= 1 for n in n_head) or C % sum(n_head):
+        raise ValueError(f"n_head: expected positive head counts whose sum divides C={C}, got {n_head}")
+    hs = C // sum(n_head)
+    starts = [sum(n_head[:i]) * hs for i in range(len(n_head))]  # each group's first column
+    return tuple(split_heads(x[..., c : c + n * hs], n) for c, n in zip(starts, n_head))
 
 
-def merge_heads(x):
-    """(B, NH, T, hs) -> (B, T, C)"""
-    B, NH, T, hs = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B, T, NH * hs)
+def merge_heads(*xs):
+    """(B, NH, T, hs) -> (B, T, NH * hs); several (B, n, T, hs) -> their merges side by side
+    along the last axis, (B, T, sum(n) * hs): the inverse of split_heads, and its backward."""
+    if len(xs) > 1:
+        return np.concatenate([merge_heads(x) for x in xs], axis=-1)
+    B, NH, T, hs = xs[0].shape
+    return xs[0].transpose(0, 2, 1, 3).reshape(B, T, NH * hs)
 
 
 def _check_heads(C, n_head):
@@ -271,9 +286,7 @@ def mha_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head, causal=True, key_paddin
     if (q_norm is None) != (k_norm is None):
         raise ValueError("q_norm, k_norm: expected both or neither")
     qkv, qkv_cache = ops.linear_forward(x, w_qkv, b_qkv)  # (B, T, C + 2 NKV hs)
-    nq, nk, _ = sizes
-    q, k, v = qkv[..., :nq], qkv[..., nq : nq + nk], qkv[..., nq + nk :]  # views; np.split costs ~20 us a call
-    q, k, v = split_heads(q, n_head), split_heads(k, n_kv_head), split_heads(v, n_kv_head)  # (B, NH|NKV, T, hs)
+    q, k, v = ops.split_heads(qkv, (n_head, n_kv_head, n_kv_head))  # (B, NH|NKV, T, hs)
     qn_c = kn_c = rq_c = rk_c = None
     if q_norm is not None:
         q, qn_c = ops.rmsnorm_forward(q, q_norm, norm_eps)
@@ -286,7 +299,7 @@ def mha_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_head, causal=True, key_paddin
         k, v = kv_cache.append(layer, k, v)  # (B, NKV, T_seen, hs): only NKV heads are stored
     # NH query heads against NKV key/value heads: the attention op shares them (grouped-query)
     y, att_cache = ops.attention_forward(q, k, v, causal, key_padding_mask)  # (B, NH, T, hs)
-    out, proj_cache = ops.linear_forward(merge_heads(y), w_proj, b_proj)  # (B, T, C)
+    out, proj_cache = ops.linear_forward(ops.merge_heads(y), w_proj, b_proj)  # (B, T, C)
     return out, (qkv_cache, att_cache, proj_cache, n_head, (qn_c, kn_c, rq_c, rk_c), ops)
 
 
@@ -295,7 +308,7 @@ def mha_backward(dout, cache):
     and dq_norm, dk_norm after them when the forward had QK-norm."""
     qkv_cache, att_cache, proj_cache, n_head, (qn_c, kn_c, rq_c, rk_c), ops = cache
     dy, dw_proj, db_proj = ops.linear_backward(dout, proj_cache)
-    dq, dk, dv = ops.attention_backward(split_heads(dy, n_head), att_cache)  # dk, dv: (B, NKV, T, hs)
+    dq, dk, dv = ops.attention_backward(ops.split_heads(dy, n_head), att_cache)  # dk, dv: (B, NKV, T, hs)
     if rq_c is not None:
         dq = ops.rope_backward(dq, rq_c)
         dk = ops.rope_backward(dk, rk_c)
@@ -304,8 +317,8 @@ def mha_backward(dout, cache):
         dq, dq_norm = ops.rmsnorm_backward(dq, qn_c)
         dk, dk_norm = ops.rmsnorm_backward(dk, kn_c)
         norm_grads = (dq_norm, dk_norm)
-    # forward was: q, k, v = split(qkv)  ->  dqkv = concat(dq, dk, dv)
-    dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # (B, T, C + 2 NKV hs)
+    # forward was: q, k, v = split_heads(qkv)  ->  dqkv = merge_heads(dq, dk, dv)
+    dqkv = ops.merge_heads(dq, dk, dv)  # (B, T, C + 2 NKV hs)
     dx, dw_qkv, db_qkv = ops.linear_backward(dqkv, qkv_cache)
     return (dx, dw_qkv, db_qkv, dw_proj, db_proj) + norm_grads
 
@@ -328,11 +341,9 @@ def cross_attention_forward(x, mem, w_q, b_q, w_kv, b_kv, w_proj, b_proj, n_head
     check_array("w_proj", base_weight(w_proj), shape=(C, C))
     q, q_cache = ops.linear_forward(x, w_q, b_q)  # (B, Tq, C)
     kv, kv_cache = ops.linear_forward(mem, w_kv, b_kv)  # (B, Tk, 2C)
-    k, v = np.split(kv, 2, axis=-1)
-    y, att_cache = ops.attention_forward(
-        split_heads(q, n_head), split_heads(k, n_head), split_heads(v, n_head), False, key_padding_mask
-    )
-    out, proj_cache = ops.linear_forward(merge_heads(y), w_proj, b_proj)
+    k, v = ops.split_heads(kv, (n_head, n_head))  # (B, NH, Tk, hs) each
+    y, att_cache = ops.attention_forward(ops.split_heads(q, n_head), k, v, False, key_padding_mask)
+    out, proj_cache = ops.linear_forward(ops.merge_heads(y), w_proj, b_proj)
     return out, (q_cache, kv_cache, att_cache, proj_cache, n_head, ops)
 
 
@@ -340,8 +351,8 @@ def cross_attention_backward(dout, cache):
     """dout: (B, Tq, C) -> dx, dmem, dw_q, db_q, dw_kv, db_kv, dw_proj, db_proj"""
     q_cache, kv_cache, att_cache, proj_cache, n_head, ops = cache
     dy, dw_proj, db_proj = ops.linear_backward(dout, proj_cache)
-    dq, dk, dv = ops.attention_backward(split_heads(dy, n_head), att_cache)
-    dx, dw_q, db_q = ops.linear_backward(merge_heads(dq), q_cache)
-    dkv = np.concatenate([merge_heads(dk), merge_heads(dv)], axis=-1)  # (B, Tk, 2C)
+    dq, dk, dv = ops.attention_backward(ops.split_heads(dy, n_head), att_cache)
+    dx, dw_q, db_q = ops.linear_backward(ops.merge_heads(dq), q_cache)
+    dkv = ops.merge_heads(dk, dv)  # (B, Tk, 2C)
     dmem, dw_kv, db_kv = ops.linear_backward(dkv, kv_cache)
     return dx, dmem, dw_q, db_q, dw_kv, db_kv, dw_proj, db_proj

@@ -13,7 +13,8 @@ only ever passed back to the same backend's backward, which is why "auto" choose
 
 Ops: linear, attention (scaled dot-product core on (B, NH, T, hs) tensors; k, v may have NKV heads), layernorm, rmsnorm,
 rope, gelu, cross_entropy, embedding (the token lookup; its backward is the scatter-add),
-adamw_update, int8_linear (forward only: `quantize.py`). `ops.name` is
+adamw_update, int8_linear (forward only: `quantize.py`), split_heads and merge_heads (the head
+layout around attention, each the other's backward; no cache). `ops.name` is
 the backend's name and `ops.choices` says, per op pair, which backend runs it.
 
 Memory: the first `get_ops` call also asks glibc's malloc (Linux) to keep freed memory instead of
@@ -50,6 +51,7 @@ OP_NAMES = (
     "embedding_forward", "embedding_backward",
     "adamw_update",
     "int8_linear_forward",
+    "split_heads", "merge_heads",
 )  # fmt: skip
 
 # Op pairs: the ops that must come from one backend because they share a cache.
@@ -64,6 +66,8 @@ OP_PAIRS = {
     "embedding": ("embedding_forward", "embedding_backward"),
     "adamw_update": ("adamw_update",),
     "int8_linear": ("int8_linear_forward",),
+    "split_heads": ("split_heads",),  # no cache: each is the other's backward
+    "merge_heads": ("merge_heads",),
 }
 
 # The "auto" default, per op pair: the faster backend in `python benchmarks/bench_kernels.py`
@@ -106,6 +110,9 @@ OP_PAIRS = {
 #   int8_linear    numba   8.1 (1 thread), 27.9 (2 threads): one decoded token's 49 products of GPT-2
 #                          124M, `benchmarks/bench_decode.py` (README "Decoding"); the twin casts q
 #                          to a float copy per call
+#   split_heads,   numba   1.69, 2.04, 1.86  bench_kernels "split/merge heads": one attention layer's
+#   merge_heads            head layout (split q, k, v, merge y; split dy, merge dq, dk, dv), NumPy's
+#                          views copied where the Numba attention needs C-contiguous heads (load 1.3)
 AUTO = {
     "linear": "numba",
     "attention": "numba",
@@ -117,6 +124,8 @@ AUTO = {
     "embedding": "numba",
     "adamw_update": "numba",
     "int8_linear": "numba",
+    "split_heads": "numba",
+    "merge_heads": "numba",
 }
 
 # Where each op's NumPy reference lives; its Numba kernel has the same name in `kernels`.
@@ -124,6 +133,7 @@ REFERENCE_MODULES = {
     **{op: layers for op in OP_NAMES},
     "attention_forward": attention, "attention_backward": attention, "adamw_update": optim,
     "rope_forward": attention, "rope_backward": attention, "int8_linear_forward": quantize,
+    "split_heads": attention, "merge_heads": attention,
 }  # fmt: skip
 
 

@@ -4,6 +4,7 @@
     linear.py         _pack_nb, _gemm_nb (packed GEMM),      layers.linear_{forward,backward}
                       _rows_nb, _dots_nb (few rows)
     attention.py      _attention_{forward,backward}_nb       attention.attention_{forward,backward}
+    heads.py          _split_heads_nb, _merge_heads_nb       attention.split_heads, merge_heads
     layernorm.py      _layernorm_{forward,backward}_nb       layers.layernorm_{forward,backward}
     rmsnorm.py        _rmsnorm_{forward,backward}_nb         layers.rmsnorm_{forward,backward}
     rope.py           _rope_{forward,backward}_nb            attention.rope_{forward,backward}
@@ -66,10 +67,10 @@ CI uses for coverage), or use BLAS (that is the "numpy" backend: backend.AUTO re
 the default picks per op, and why).
 """
 from . import jit  # first: it sets where Numba caches the kernels (jit.cache_dir), before any is defined
-from . import adamw, attention, bpe, cross_entropy, embedding, gelu, int8_linear, layernorm, linear, rmsnorm, rope  # noqa: F401 (bpe: the BPE kernels)
+from . import adamw, attention, bpe, cross_entropy, embedding, gelu, heads, int8_linear, layernorm, linear, rmsnorm, rope  # noqa: F401 (bpe: the BPE kernels)
 
 # The float kernels inline jit.py's helpers: key their on-disk cache on jit.py too (see above).
-jit.cache_depends_on_this_file(jit, linear, attention, layernorm, rmsnorm, rope, gelu, cross_entropy, adamw, int8_linear, embedding)
+jit.cache_depends_on_this_file(jit, linear, attention, heads, layernorm, rmsnorm, rope, gelu, cross_entropy, adamw, int8_linear, embedding)
 
 from .adamw import adamw_update  # noqa: E402
 from .attention import attention_backward, attention_forward  # noqa: E402
@@ -77,6 +78,7 @@ from .bpe import PairTable, encode_chunks, train_fast  # noqa: E402
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward  # noqa: E402
 from .embedding import embedding_backward, embedding_forward  # noqa: E402
 from .gelu import gelu_backward, gelu_forward  # noqa: E402
+from .heads import merge_heads, split_heads  # noqa: E402
 from .int8_linear import int8_linear_forward  # noqa: E402
 from .jit import FASTMATH, num_threads  # noqa: E402
 from .layernorm import layernorm_backward, layernorm_forward  # noqa: E402
@@ -87,6 +89,6 @@ from .rope import rope_backward, rope_forward  # noqa: E402
 __all__ = [
     "FASTMATH", "PairTable", "adamw_update", "attention_backward", "attention_forward", "cross_entropy_backward",
     "cross_entropy_forward", "embedding_backward", "embedding_forward", "encode_chunks", "gelu_backward", "gelu_forward", "int8_linear_forward", "layernorm_backward",
-    "layernorm_forward", "linear_backward", "linear_forward", "matmul", "num_threads", "rmsnorm_backward",
-    "rmsnorm_forward", "rope_backward", "rope_forward", "train_fast",
+    "layernorm_forward", "linear_backward", "linear_forward", "matmul", "merge_heads", "num_threads", "rmsnorm_backward",
+    "rmsnorm_forward", "rope_backward", "rope_forward", "split_heads", "train_fast",
 ]  # fmt: skip

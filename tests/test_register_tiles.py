@@ -59,3 +59,37 @@ def test_the_other_register_tile_agrees_with_numpy(tmp_path):
         env=env, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and " failed" not in proc.stdout
+
+
+def test_wide_vector_features():
+    """On AVX-512 CPUs Numba compiles without LLVM's Intel preference for 256-bit vectors
+    (kernels/jit.py, wide_vector_features); what the user told Numba wins."""
+    host = {"avx2": True, "avx512f": True, "fma": True}
+    assert KJ.wide_vector_features(host) == "+avx2,+avx512f,+fma,-prefer-256-bit"
+    assert KJ.wide_vector_features({"avx2": True, "avx512f": False}) is None
+    assert KJ.wide_vector_features({}) is None
+    assert KJ.wide_vector_features(host, cpu_name="skylake-avx512") is None
+    assert KJ.wide_vector_features(host, cpu_features="+avx2,+avx512f") is None
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="inspects compiled code")
+@pytest.mark.skipif(KJ.SIMD != "avx512", reason="512-bit vectors need AVX-512")
+def test_kernels_compile_to_512_bit_vectors(tmp_path):
+    """After importing the kernels, Numba's code uses zmm registers (unless NUMBA_CPU_FEATURES was
+    set by hand). In a fresh process: the setting only takes if the package comes first."""
+    code = (
+        "import os, numpy as np, numba\n"
+        "user = os.environ.get('NUMBA_CPU_FEATURES')\n"
+        "import nanotransformer.kernels\n"
+        "@numba.njit(fastmath=True)\n"
+        "def axpy(y, a, x):\n"
+        "    for i in range(x.shape[0]):\n"
+        "        y[i] += a * x[i]\n"
+        "x = np.ones(1000, np.float32); axpy(x, np.float32(2), x)\n"
+        "asm = next(iter(axpy.inspect_asm().values()))\n"
+        "assert user or 'zmm' in asm, 'no zmm register in the compiled loop'\n"
+    )
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    env.pop("NUMBA_CPU_FEATURES", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -119,12 +119,12 @@ def wide_vector_features(host_features, cpu_name=None, cpu_features=None):
     """The feature string Numba should compile with (NUMBA_CPU_FEATURES), or None to keep its own.
 
     On a CPU with AVX-512F: its features plus "-prefer-256-bit". LLVM's tuning for Intel's
-    AVX-512 cores (skylake-avx512 to graniterapids; this machine reports "rocketlake") prefers
+    AVX-512 cores (skylake-avx512 and later; the test machine reports "rocketlake") prefers
     256-bit vectors, so Numba's kernels got ymm registers: the 4 x 64 tile's 16 sums then need 32
     registers, spill, and the products ran at 40-45 % of OpenBLAS's sgemm. With 512-bit vectors:
-    the product 1.5-2.1x faster, training steps 2.4-2.8x (benchmarks/README.md, "512-bit vectors
-    on an Intel AVX-512 machine"). AMD's Zen 4 has no such preference: the string changes nothing
-    there. None when Numba was told which CPU to compile for (cpu_name / cpu_features: its
+    the product 1.5-2.1x faster, training steps in 0.56-0.69x the time (benchmarks/README.md,
+    "The machine changed again: Intel Xeon"). AMD's Zen 4 has no such preference: the string
+    changes nothing there. None when Numba was told which CPU to compile for (cpu_name / cpu_features: its
     NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, which then win) or when there is no AVX-512.
     host_features: feature -> bool (llvmlite's host features)."""
     if cpu_name or cpu_features or not host_features.get("avx512f"):

@@ -37,7 +37,7 @@ def _split_heads_nb(outs, x, starts):
             n, hs = out.shape[1], out.shape[3]
             for h in range(n):
                 c = starts[g] + h * hs
-                for i in range(hs):  # (a slice assignment: 5x slower in the serial build)
+                for i in range(hs):  # (a slice assignment: 2.2x slower in the serial build)
                     out[b, h, t, i] = x[b, t, c + i]
 
 

@@ -66,13 +66,13 @@ def split_heads(x, n_head):
     """(B, T, C) -> (B, NH, T, hs); n_head a tuple -> a tuple, one per group (as the twin), each
     C-contiguous."""
     views = reference.split_heads(x, n_head)  # validates; free
-    group = not isinstance(views, tuple)
-    views = (views,) if group else views
+    single = not isinstance(views, tuple)  # n_head an int: one array, not a tuple
+    views = (views,) if single else views
     if all(v.flags.c_contiguous for v in views):
-        return views[0] if group else views
+        return views[0] if single else views
     outs = tuple(np.empty(v.shape, x.dtype) for v in views)
     run(_split_heads_nb, x.size, outs, np.ascontiguousarray(x), _starts(outs))
-    return outs[0] if group else outs
+    return outs[0] if single else outs
 
 
 def merge_heads(*xs):
